@@ -1,0 +1,46 @@
+# tfrec: every target sets up what it needs, starting from a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+MODELS ?= models
+PORT ?= 8500
+REST_PORT ?= 8501
+
+.PHONY: install serve demo-model test lint format bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+$(MODELS)/demo/1/saved_model.pb: | $(STAMP)
+	$(PY) -m server.demo_model $(MODELS)/demo
+
+demo-model: $(MODELS)/demo/1/saved_model.pb
+
+serve: $(STAMP) demo-model
+	$(VENV)/bin/tfrec_model_server --port=$(PORT) --model_name=demo \
+		--model_base_path=$(abspath $(MODELS))/demo
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+format: $(STAMP)
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+bench: $(STAMP)
+	$(PY) benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV) $(MODELS) .pytest_cache .ruff_cache .mypy_cache
