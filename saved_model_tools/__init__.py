@@ -1,0 +1,1 @@
+"""Offline SavedModel tools (the structured-signature rewriter lands here)."""

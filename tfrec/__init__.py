@@ -1,0 +1,1 @@
+"""tfrec runtime: model versions, sessions, codecs and the protocol-free serving core."""
