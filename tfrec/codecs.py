@@ -39,6 +39,10 @@ class DType:
     field: str  # TensorProto typed field (`float_val`, ...).
     wire: str | None = None  # numpy dtype of the packed little-endian wire form, if raw bytes.
 
+    @property
+    def is_string(self) -> bool:
+        return self.numpy.kind == "O"
+
 
 def _dt(enum: int, name: str, np_type: object, field: str, wire: str | None = None) -> DType:
     return DType(enum, name, np.dtype(np_type), field, wire)  # type: ignore[call-overload]
@@ -105,7 +109,7 @@ def _num_elements(shape: tuple[int, ...], itemsize: int) -> int:
     for size in shape:
         n *= size
         if n > limit:
-            raise TensorParseError(f"tensor of shape {list(shape)} exceeds {MAX_TENSOR_BYTES} bytes")
+            raise TensorParseError(f"shape {list(shape)} exceeds {MAX_TENSOR_BYTES} bytes")
     return n
 
 
@@ -136,7 +140,7 @@ def _decode_string_list(content: bytes, n: int) -> np.ndarray:
 
 def _typed_values(proto: tensor_pb2.TensorProto, dtype: DType) -> np.ndarray:
     values = getattr(proto, dtype.field)
-    if dtype.numpy == object:
+    if dtype.is_string:
         out = np.empty(len(values), dtype=object)
         out[:] = list(values)
         return out
@@ -156,14 +160,13 @@ def to_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
     """
     dtype = dtype_of_enum(proto.dtype) if proto.dtype < _REF_OFFSET else None
     if dtype is None:
-        name = types_pb2.DataType.Name(proto.dtype) if proto.dtype in types_pb2.DataType.values() else proto.dtype
-        raise TensorParseError(f"unsupported dtype {name}")
+        raise TensorParseError(f"unsupported dtype {proto.dtype}")
     shape = _shape_of(proto.tensor_shape)
-    itemsize = dtype.numpy.itemsize if dtype.numpy != object else 1
+    itemsize = dtype.numpy.itemsize if not dtype.is_string else 1
     n = _num_elements(shape, itemsize)
     content = proto.tensor_content
     if content:
-        if dtype.numpy == object:
+        if dtype.is_string:
             return _decode_string_list(content, n).reshape(shape)
         if len(content) != n * itemsize:
             raise TensorParseError(
@@ -176,7 +179,7 @@ def to_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
     if len(values) > n:
         return values[:n].reshape(shape)
     if len(values) == 0:
-        filler = b"" if dtype.numpy == object else 0
+        filler = b"" if dtype.is_string else 0
         out = np.full(n, filler, dtype=dtype.numpy)
     else:
         out = np.empty(n, dtype=dtype.numpy)
@@ -213,7 +216,8 @@ def _header(dtype: DType, shape: tuple[int, ...]) -> bytes:
 
 
 _FIELD_NUMBER = {
-    f.name: f.number for f in tensor_pb2.TensorProto.DESCRIPTOR.fields  # type: ignore[attr-defined]
+    f.name: f.number
+    for f in tensor_pb2.TensorProto.DESCRIPTOR.fields  # type: ignore[attr-defined]
 }
 
 
@@ -231,7 +235,7 @@ def from_ndarray(array: np.ndarray, tensor_content: bool = False) -> tensor_pb2.
     dtype = dtype_of_array(array)
     shape = tuple(int(s) for s in array.shape)
     proto = tensor_pb2.TensorProto()
-    if dtype.numpy == object:
+    if dtype.is_string:
         items = _as_bytes_array(array)
         if tensor_content:
             body = _encode_string_list(items)

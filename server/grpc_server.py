@@ -1,0 +1,172 @@
+"""gRPC transport: tensorflow.serving.PredictionService and ModelService over the core Service.
+
+Each RPC decodes, calls the core, encodes. Errors leave as the ServingError's code with its
+message, cut at 1024 bytes plus `...TRUNCATED` as TF-Serving does; anything unexpected is
+logged with its traceback and becomes INTERNAL. Message size limits are INT32_MAX both ways.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+)
+
+from tfrec import codecs
+from tfrec.errors import ServingError
+from tfrec.service import Service
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 2**31 - 1
+_MAX_ERROR_BYTES = 1024
+_INT32 = (-(2**31), 2**31 - 1)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def grpc_message(message: str) -> str:
+    """TF-Serving's ToGRPCStatus: messages over 1024 bytes are cut and marked."""
+    raw = message.encode()
+    if len(raw) <= _MAX_ERROR_BYTES:
+        return message
+    return raw[:_MAX_ERROR_BYTES].decode(errors="ignore") + "...TRUNCATED"
+
+
+def _status_code(error: ServingError) -> grpc.StatusCode:
+    for code in grpc.StatusCode:
+        if code.value[0] == int(error.code):
+            return code
+    return grpc.StatusCode.UNKNOWN
+
+
+def _rpc(method: F) -> F:
+    """Turns ServingErrors (and crashes) into gRPC statuses."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except ServingError as err:
+            context.abort(_status_code(err), grpc_message(err.message))
+        except Exception as err:
+            log.exception("%s failed", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, grpc_message(f"{type(err).__name__}: {err}"))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _spec(request: Any) -> Any:
+    return request.model_spec if request.HasField("model_spec") else None
+
+
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, service: Service, tensor_content: bool = False) -> None:
+        self._service = service
+        self._tensor_content = tensor_content
+
+    @_rpc
+    def Predict(self, request: predict_pb2.PredictRequest, context: Any) -> Any:
+        spec, outputs = self._service.predict(
+            _spec(request), request.inputs, request.output_filter, codecs.to_ndarray
+        )
+        response = predict_pb2.PredictResponse(model_spec=spec)
+        for alias, array in outputs.items():
+            response.outputs[alias].CopyFrom(codecs.from_ndarray(array, self._tensor_content))
+        return response
+
+    @_rpc
+    def Classify(self, request: classification_pb2.ClassificationRequest, context: Any) -> Any:
+        spec, result = self._service.classify(_spec(request), request.input)
+        return classification_pb2.ClassificationResponse(model_spec=spec, result=result)
+
+    @_rpc
+    def Regress(self, request: regression_pb2.RegressionRequest, context: Any) -> Any:
+        spec, result = self._service.regress(_spec(request), request.input)
+        return regression_pb2.RegressionResponse(model_spec=spec, result=result)
+
+    @_rpc
+    def MultiInference(self, request: Any, context: Any) -> Any:
+        return self._service.multi_inference(request)
+
+    @_rpc
+    def GetModelMetadata(
+        self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: Any
+    ) -> Any:
+        spec, signatures = self._service.model_metadata(_spec(request), request.metadata_field)
+        response = get_model_metadata_pb2.GetModelMetadataResponse(model_spec=spec)
+        response.metadata["signature_def"].Pack(signatures)
+        return response
+
+
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, service: Service) -> None:
+        self._service = service
+
+    @_rpc
+    def GetModelStatus(
+        self, request: get_model_status_pb2.GetModelStatusRequest, context: Any
+    ) -> Any:
+        return self._service.model_status(_spec(request))
+
+    @_rpc
+    def HandleReloadConfigRequest(
+        self, request: model_management_pb2.ReloadConfigRequest, context: Any
+    ) -> Any:
+        self._service.reload_config(request.config)
+        response = model_management_pb2.ReloadConfigResponse()
+        response.status.SetInParent()
+        return response
+
+
+def channel_arguments(text: str) -> list[tuple[str, int | str]]:
+    """`--grpc_channel_arguments=k=v,k2=v2`: values that parse as int32 are passed as ints."""
+    out: list[tuple[str, int | str]] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, _, value = item.partition("=")
+        try:
+            number = int(value)
+            out.append((key, number) if _INT32[0] <= number <= _INT32[1] else (key, value))
+        except ValueError:
+            out.append((key, value))
+    return out
+
+
+def build_server(
+    service: Service,
+    *,
+    max_threads: int,
+    tensor_content: bool = False,
+    channel_args: Sequence[tuple[str, int | str]] = (),
+    extra_servicers: Sequence[Callable[[grpc.Server], None]] = (),
+) -> grpc.Server:
+    """A gRPC server with both services registered; the caller adds ports and starts it."""
+    options = [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        *channel_args,
+    ]
+    server = grpc.server(
+        concurrent.futures.ThreadPoolExecutor(max(1, max_threads), thread_name_prefix="tfrec-grpc"),
+        options=options,
+    )
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionServicer(service, tensor_content), server
+    )
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(service), server)
+    for add in extra_servicers:
+        add(server)
+    return server

@@ -1,0 +1,200 @@
+"""`tfrec_model_server`: TF-Serving's command line, start-up order and shutdown.
+
+Start-up as in TF-Serving's server.cc: validate flags, load every configured model (ports stay
+closed until each model serves a version), then open gRPC, then block until SIGTERM/SIGINT.
+Shutdown: stop accepting, let requests in flight finish, unload, exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from importlib import metadata
+
+from server import flags
+
+log = logging.getLogger("tfrec")
+
+# Seconds a shutdown waits for requests in flight before cancelling them.
+SHUTDOWN_GRACE_S = 30.0
+
+
+class StartupError(Exception):
+    """A start-up failure, printed as TF-Serving prints it before exiting with 255."""
+
+
+def _validate(settings: flags.Settings) -> None:
+    def invalid(message: str) -> StartupError:
+        return StartupError(f"INVALID_ARGUMENT: {message}")
+
+    if not settings.port and not settings.grpc_socket_path:
+        raise invalid(
+            "At least one of server_options.grpc_port or server_options.grpc_socket_path must "
+            "be set."
+        )
+    if settings.use_alts_credentials and settings.ssl_config_file:
+        raise invalid("Either use_alts_credentials must be false or ssl_config_file must be empty.")
+    if not settings.model_base_path and not settings.model_config_file:
+        raise invalid(
+            "Both server_options.model_base_path and server_options.model_config_file are empty!"
+        )
+    if settings.batching_parameters_file and not settings.enable_batching:
+        raise invalid(
+            "server_options.batching_parameters_file is set without setting "
+            "server_options.enable_batching to true."
+        )
+    if (
+        settings.tensorflow_session_parallelism > 0
+        and settings.tensorflow_intra_op_parallelism > 0
+        and settings.tensorflow_inter_op_parallelism > 0
+    ):
+        raise invalid(
+            "Either configure server_options.tensorflow_session_parallelism or "
+            "(server_options.tensorflow_intra_op_parallelism, "
+            "server_options.tensorflow_inter_op_parallelism) separately. You cannot configure all."
+        )
+
+
+def _version_text() -> str:
+    import tensorflow as tf
+
+    server_version = f"tfrec-{metadata.version('tfrec')}"
+    return f"TensorFlow ModelServer: {server_version}\nTensorFlow Library: {tf.__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings, explicit = flags.parse(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname).1s %(name)s] %(message)s"
+    )
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    if settings.version:
+        print(_version_text())
+        return 0
+    for name in explicit:
+        if flags.field(name).metadata.get("accepted"):
+            log.warning("--%s is accepted for compatibility and has no effect in tfrec", name)
+    try:
+        _validate(settings)
+        server = Server(settings)
+        server.start()
+    except StartupError as err:
+        print(f"Failed to start server. Error: {err}", file=sys.stderr)
+        return 255
+    server.wait_for_signal()
+    server.stop()
+    return 0
+
+
+class Server:
+    """Everything `main` builds, in start-up order; `stop` undoes it in reverse."""
+
+    def __init__(self, settings: flags.Settings) -> None:
+        self.settings = settings
+        self.grpc_ports: list[int] = []
+        self._stopped = threading.Event()
+        self._grpc = None
+        self._watcher: threading.Thread | None = None
+
+    def start(self) -> None:
+        # Imported here: TensorFlow reads its environment when it is first imported.
+        from tfrec import config as config_lib
+        from tfrec.errors import ServingError
+        from tfrec.manager import Manager
+        from tfrec.servable import Servable, session_config
+        from tfrec.service import Service
+
+        s = self.settings
+        intra, inter = s.session_threads()
+        tf_config = session_config(intra, inter, s.tensorflow_session_config_file)
+        tags = s.tags
+
+        def load(name: str, version: int, path):  # type: ignore[no-untyped-def]
+            return Servable.load(name, version, path, tags, tf_config)
+
+        self.manager = Manager(
+            load,
+            max_load_retries=s.max_num_load_retries,
+            load_retry_interval_s=s.load_retry_interval_micros / 1e6,
+            load_threads=s.num_load_threads,
+            allow_labels_for_unavailable=s.allow_version_labels_for_unavailable_models,
+        )
+        try:
+            if s.model_config_file:
+                model_config = config_lib.read_file(s.model_config_file)
+            else:
+                model_config = config_lib.single_model(s.model_name, s.model_base_path)
+            self.manager.reload_config(model_config, initial=True)
+        except ServingError as err:
+            self.manager.close()
+            raise StartupError(f"{err.code.name}: {err.message}") from err
+        if s.file_system_poll_wait_seconds < 0:
+            log.warning("--file_system_poll_wait_seconds < 0: version directories are not polled")
+        self.manager.start_polling(s.file_system_poll_wait_seconds)
+        self.service = Service(self.manager, method_check=s.enable_signature_method_name_check)
+        self._start_grpc()
+        if s.model_config_file and s.model_config_file_poll_wait_seconds > 0:
+            self._watch_config_file()
+
+    def _start_grpc(self) -> None:
+        from server.grpc_server import build_server, channel_arguments
+
+        s = self.settings
+        server = build_server(
+            self.service,
+            max_threads=s.grpc_max_threads,
+            tensor_content=s.enable_serialization_as_tensor_content,
+            channel_args=channel_arguments(s.grpc_channel_arguments),
+        )
+        if s.port:
+            bound = server.add_insecure_port(f"0.0.0.0:{s.port}")
+            if not bound:
+                raise StartupError(f"UNAVAILABLE: could not bind gRPC to 0.0.0.0:{s.port}")
+            self.grpc_ports.append(bound)
+            log.info("Running gRPC ModelServer at 0.0.0.0:%d ...", bound)
+        if s.grpc_socket_path:
+            server.add_insecure_port(f"unix:{s.grpc_socket_path}")
+            log.info("Running gRPC ModelServer at UNIX socket %s ...", s.grpc_socket_path)
+        server.start()
+        self._grpc = server
+
+    def _watch_config_file(self) -> None:
+        from tfrec import config as config_lib
+        from tfrec.errors import ServingError
+
+        path = self.settings.model_config_file
+        period = self.settings.model_config_file_poll_wait_seconds
+
+        def loop() -> None:
+            while not self._stopped.wait(period):
+                try:
+                    self.manager.reload_config(config_lib.read_file(path))
+                except ServingError as err:
+                    log.error("Reloading %s failed, keeping the current config: %s", path, err)
+
+        self._watcher = threading.Thread(target=loop, name="tfrec-config-poll", daemon=True)
+        self._watcher.start()
+
+    def wait_for_signal(self) -> None:
+        """Blocks the main thread until SIGTERM or SIGINT."""
+        received = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, frame: received.set())
+        while not received.wait(0.5):
+            pass
+        log.info("Received a shutdown signal: draining requests in flight")
+
+    def stop(self) -> None:
+        """Stops accepting, finishes requests in flight, unloads every model."""
+        self._stopped.set()
+        if self._grpc is not None:
+            self._grpc.stop(SHUTDOWN_GRACE_S).wait()
+        self.manager.close()
+        log.info("Server stopped")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""One loaded model version: a TF1 Session over the SavedModel's MetaGraph, as TF-Serving loads it.
+
+`Servable.load` restores the MetaGraph tagged `serve` into a private graph and session (running
+its init/main op, so tables are initialised), then serves signatures through cached
+`Session` callables: one per (feed tensors, fetch tensors) combination, built on first use.
+A callable run costs ~20 us of Python, against ~160 us for `Session.run`, and it does no
+Python-side shape checks (TF-Serving does none either).
+
+Thread-safety: `run` may be called from any number of threads at once (TensorFlow sessions
+are thread-safe, and callables are created under a lock). `close` must only be called once
+no request holds the servable any more (the manager's lease guarantees it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
+from tensorflow.python.util import deprecation
+
+from tfrec import codecs
+from tfrec.errors import InvalidArgument, ServingError, from_tf_error
+
+log = logging.getLogger(__name__)
+
+SignatureDef = meta_graph_pb2.SignatureDef
+
+
+@dataclasses.dataclass(frozen=True)
+class Signature:
+    """A SignatureDef prepared for serving: sorted aliases, tensor names, decoded defaults."""
+
+    name: str
+    definition: SignatureDef
+    inputs: dict[str, str]  # alias -> feed tensor name, sorted by alias
+    outputs: dict[str, str]  # alias -> fetch tensor name, sorted by alias
+    defaults: dict[str, np.ndarray]
+
+    @classmethod
+    def of(cls, name: str, definition: SignatureDef) -> Signature:
+        defaults = {}
+        for alias, proto in definition.defaults.items():
+            try:
+                defaults[alias] = codecs.to_ndarray(proto)
+            except codecs.TensorParseError:
+                log.warning("Signature %s: default of input %s cannot be decoded", name, alias)
+        return cls(
+            name,
+            definition,
+            {a: definition.inputs[a].name for a in sorted(definition.inputs)},
+            {a: definition.outputs[a].name for a in sorted(definition.outputs)},
+            defaults,
+        )
+
+    @property
+    def method_name(self) -> str:
+        return self.definition.method_name
+
+
+class Servable:
+    """A loaded SavedModel version, ready to run its signatures."""
+
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        path: Path,
+        meta_graph: meta_graph_pb2.MetaGraphDef,
+        session: tf.compat.v1.Session,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.path = path
+        self.meta_graph = meta_graph
+        self.signatures: dict[str, Signature] = {
+            key: Signature.of(key, sig) for key, sig in meta_graph.signature_def.items()
+        }
+        self._session = session
+        self._callables: dict[tuple[tuple[str, ...], tuple[str, ...]], object] = {}
+        self._lock = threading.Lock()
+        # Actual dtypes of the graph tensors: a SignatureDef may declare a different one.
+        self._feed_dtypes: dict[str, codecs.DType | None] = {}
+        graph = session.graph
+        for signature in meta_graph.signature_def.values():
+            for info in signature.inputs.values():
+                try:
+                    enum = graph.get_tensor_by_name(info.name).dtype.base_dtype.as_datatype_enum
+                except (KeyError, ValueError):
+                    enum = info.dtype
+                self._feed_dtypes[info.name] = codecs.dtype_of_enum(enum)
+
+    @classmethod
+    def load(
+        cls,
+        name: str,
+        version: int,
+        path: Path,
+        tags: Sequence[str],
+        session_config: config_pb2.ConfigProto,
+    ) -> Servable:
+        """Loads `path` the way TF-Serving does; raises ServingError on any failure."""
+        started = time.monotonic()
+        graph = tf.Graph()
+        session = tf.compat.v1.Session(graph=graph, config=session_config)
+        try:
+            with graph.as_default(), deprecation.silence():
+                meta_graph = tf.compat.v1.saved_model.loader.load(session, list(tags), str(path))
+        except Exception as err:
+            session.close()
+            raise ServingError(f"Failed to load SavedModel at {path}: {_one_line(err)}") from err
+        graph.finalize()
+        log.info(
+            "Loaded servable version {name: %s version: %d} from %s in %.2f s",
+            name,
+            version,
+            path,
+            time.monotonic() - started,
+        )
+        return cls(name, version, path, meta_graph, session)
+
+    def feed_dtype(self, tensor_name: str) -> codecs.DType | None:
+        """The dtype the graph expects for a feed tensor (None when not representable)."""
+        return self._feed_dtypes.get(tensor_name)
+
+    def run(self, feeds: Mapping[str, np.ndarray], fetches: Sequence[str]) -> list[np.ndarray]:
+        """Runs the graph: `feeds` maps tensor names to arrays, `fetches` are tensor names.
+
+        Feed dtypes are checked first, with the exact message TensorFlow's DirectSession
+        gives (`Expects arg[i] to be float but string is provided`).
+        """
+        names = tuple(feeds)
+        args = []
+        for i, tensor_name in enumerate(names):
+            array = feeds[tensor_name]
+            expected = self._feed_dtypes.get(tensor_name)
+            if expected is not None and array.dtype != expected.numpy:
+                given = codecs.dtype_of_array(array).name
+                if given != expected.name:
+                    raise InvalidArgument(
+                        f"Expects arg[{i}] to be {expected.name} but {given} is provided"
+                    )
+                array = array.astype(expected.numpy)
+            args.append(array)
+        key = (names, tuple(fetches))
+        fn = self._callables.get(key) or self._make_callable(key)
+        try:
+            results = fn(*args)  # type: ignore[operator]
+        except tf.errors.OpError as err:
+            raise from_tf_error(err) from None
+        return [np.asarray(r) for r in results]
+
+    def _make_callable(self, key: tuple[tuple[str, ...], tuple[str, ...]]) -> object:
+        with self._lock:
+            fn = self._callables.get(key)
+            if fn is None:
+                options = config_pb2.CallableOptions(feed=key[0], fetch=key[1])
+                try:
+                    fn = self._session._make_callable_from_options(options)
+                except tf.errors.OpError as err:
+                    raise from_tf_error(err) from None
+                self._callables[key] = fn
+            return fn
+
+    def close(self) -> None:
+        """Releases the session and its memory. Only once no request uses the servable."""
+        with self._lock:
+            self._callables.clear()
+        self._session.close()
+
+
+def _one_line(err: Exception) -> str:
+    text = getattr(err, "message", None) or str(err) or type(err).__name__
+    return " ".join(text.split())
+
+
+def session_config(intra_op: int, inter_op: int, config_file: str = "") -> config_pb2.ConfigProto:
+    """The ConfigProto TF-Serving gives every session: thread counts, soft placement."""
+    config = config_pb2.ConfigProto()
+    if config_file:
+        from google.protobuf import text_format
+
+        text_format.Parse(Path(config_file).read_text(), config)
+    if intra_op:
+        config.intra_op_parallelism_threads = intra_op
+    if inter_op:
+        config.inter_op_parallelism_threads = inter_op
+    config.allow_soft_placement = True
+    return config
