@@ -88,6 +88,10 @@ class _Model:
         return best
 
 
+def _due_to(error: ServingError | None) -> str:
+    return f" due to error: {error.code.name}: {error.message}" if error else ""
+
+
 # Loads a servable for (name, version, path); raises ServingError on failure.
 Loader = Callable[[str, int, Path], Servable]
 
@@ -264,21 +268,21 @@ class Manager:
         return added
 
     def _await_available(self, names: list[str], noun: str, timeout_s: float | None) -> None:
+        """Waits like ServableStateMonitor for Latest(name): until each model's highest aspired
+        version is AVAILABLE (success) or END (failure). No version yet means keep waiting."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         last_log = time.monotonic()
         with self._cond:
             while True:
-                failed = []
+                failed: list[tuple[str, _Version]] = []
                 pending = []
                 for name in names:
-                    model = self._models[name]
-                    if model.latest() is not None:
-                        continue
-                    aspired = [h for h in model.versions.values() if h.aspired]
-                    if aspired and all(h.state == State.END for h in aspired):
-                        failed.extend((name, h) for h in aspired)
-                    else:
+                    aspired = [h for h in self._models[name].versions.values() if h.aspired]
+                    latest = max(aspired, key=lambda h: h.version, default=None)
+                    if latest is None or latest.state < State.AVAILABLE:
                         pending.append(name)
+                    elif latest.state != State.AVAILABLE:
+                        failed.append((name, latest))
                 if not pending:
                     break
                 if deadline is not None and time.monotonic() >= deadline:
@@ -292,10 +296,8 @@ class Manager:
                 self._cond.wait(1.0)
         if failed:
             parts = "".join(
-                f"{{{{name: {name} version: {h.version}}} due to error: "
-                f"{h.error.code.name}: {h.error.message}}}, "
+                f"{{{{name: {name} version: {h.version}}}{_due_to(h.error)}}}, "
                 for name, h in failed
-                if h.error is not None
             )
             raise ServingError(f"{len(failed)} {noun} did not become available: {{{parts}}}")
 
