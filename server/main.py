@@ -122,6 +122,10 @@ class Server:
             load_threads=s.num_load_threads,
             allow_labels_for_unavailable=s.allow_version_labels_for_unavailable_models,
         )
+        if s.file_system_poll_wait_seconds < 0:
+            log.warning("--file_system_poll_wait_seconds < 0: version directories are not polled")
+        # Polling starts first: start-up may wait for a version directory to appear.
+        self.manager.start_polling(s.file_system_poll_wait_seconds)
         try:
             if s.model_config_file:
                 model_config = config_lib.read_file(s.model_config_file)
@@ -131,9 +135,6 @@ class Server:
         except ServingError as err:
             self.manager.close()
             raise StartupError(f"{err.code.name}: {err.message}") from err
-        if s.file_system_poll_wait_seconds < 0:
-            log.warning("--file_system_poll_wait_seconds < 0: version directories are not polled")
-        self.manager.start_polling(s.file_system_poll_wait_seconds)
         self.service = Service(self.manager, method_check=s.enable_signature_method_name_check)
         self._start_grpc()
         if s.model_config_file and s.model_config_file_poll_wait_seconds > 0:

@@ -72,7 +72,7 @@ def test_corrupt_new_version_leaves_old_one_serving(serve, tmp_path) -> None:
     (base / "125").mkdir()
     (base / "125" / "saved_model.pb").write_bytes(b"this is not a SavedModel")
     wait_for(lambda: 125 in statuses(running) and statuses(running)[125][0] == END)
-    state, code, message = statuses(running)[125]
+    _, code, message = statuses(running)[125]
     assert code != 0 and "125" in message
     assert statuses(running)[123][0] == AVAILABLE
     assert served_version(running) == 123
@@ -115,7 +115,9 @@ def test_specific_and_all_policies(serve, tmp_path) -> None:
 
 def test_version_labels(serve, tmp_path) -> None:
     config = tmp_path / "models.config"
-    config.write_text(model_config_text({"default": TWO_VERSIONS}, "model_version_policy { all {} }"))
+    config.write_text(
+        model_config_text({"default": TWO_VERSIONS}, "model_version_policy { all {} }")
+    )
     running = serve(model_config_file=str(config))
     wait_for(lambda: all(s[0] == AVAILABLE for s in statuses(running).values()))
     labelled = model_config_text(
@@ -143,9 +145,7 @@ def test_version_labels(serve, tmp_path) -> None:
 
 
 def test_labels_for_unavailable_versions_need_the_flag(serve, tmp_path) -> None:
-    text = model_config_text(
-        {"default": TWO_VERSIONS}, 'version_labels { key: "next" value: 125 }'
-    )
+    text = model_config_text({"default": TWO_VERSIONS}, 'version_labels { key: "next" value: 125 }')
     config = tmp_path / "models.config"
     config.write_text(text)
     running = serve(model_config_file=str(config), allow_version_labels_for_unavailable_models=True)
@@ -255,4 +255,3 @@ def test_config_file_is_re_read_when_polling_is_on(serve, tmp_path) -> None:
     wait_for(lambda: statuses(running, "three").get(123, (0,))[0] == AVAILABLE)
     config.write_text("this does not parse")  # logged and ignored; models keep serving
     assert served_version(running) == 124
-
