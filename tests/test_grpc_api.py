@@ -74,7 +74,11 @@ def test_predict_half_plus_two(server: Running) -> None:
     assert list(response.outputs["y"].float_val) == [3.0]
     assert not response.outputs["y"].tensor_content
     spec = response.model_spec
-    assert (spec.name, spec.signature_name, spec.version.value) == ("default", "serving_default", 123)
+    assert (spec.name, spec.signature_name, spec.version.value) == (
+        "default",
+        "serving_default",
+        123,
+    )
 
 
 def test_predict_with_output_filter_and_batch(server: Running) -> None:
@@ -166,7 +170,11 @@ def test_classify_and_regress(fixture: str, request: pytest.FixtureRequest) -> N
     (cls,) = response.result.classifications[0].classes
     assert (cls.label, cls.score) == ("", 3.0)
     spec = response.model_spec
-    assert (spec.name, spec.signature_name, spec.version.value) == ("default", "classify_x_to_y", 123)
+    assert (spec.name, spec.signature_name, spec.version.value) == (
+        "default",
+        "classify_x_to_y",
+        123,
+    )
 
     regress = regression_pb2.RegressionRequest()
     regress.model_spec.name = "default"
@@ -350,7 +358,10 @@ def test_tensor_and_dtype_errors(server: Running) -> None:
     request.model_spec.name = "default"
     request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([1.0], dtype=np.float64)))
     expect_error(
-        server.predict.Predict, request, INVALID, "Expects arg[0] to be float but double is provided"
+        server.predict.Predict,
+        request,
+        INVALID,
+        "Expects arg[0] to be float but double is provided",
     )
     request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([True])))
     expect_error(
