@@ -16,8 +16,6 @@ from benchmarks.models.scales import COUNTRIES, Dims, dlrm_table_rows
 
 USER_DENSE = 6  # Criteo's 13 dense features, split between user and item
 ITEM_DENSE = 7
-BOTTOM = (512, 256)  # then the embedding width
-TOP = (512, 256)
 EMBEDDING_STDDEV = 0.3
 
 
@@ -64,11 +62,11 @@ class DLRM(tf.Module):
             ),
             default_value=0,
         )
-        self.bottom = _mlp(USER_DENSE + ITEM_DENSE, (*BOTTOM, width), rng, "bottom")
+        self.bottom = _mlp(USER_DENSE + ITEM_DENSE, (*dims.mlp[:2], width), rng, "bottom")
         vectors = len(self.tables) + 1
         upper = np.triu_indices(vectors, k=1)
-        self.pairs = tf.constant(upper[0] * vectors + upper[1], tf.int32)
-        self.top = _mlp(width + len(upper[0]), (*TOP, 1), rng, "top")
+        self.pairs = (upper[0] * vectors + upper[1]).astype(np.int32)  # i < j in z z^T
+        self.top = _mlp(width + len(upper[0]), (*dims.mlp[:2], 1), rng, "top")
         self.serve = tf.function(self._serve, input_signature=input_signature(features))
 
     def _serve(self, inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:

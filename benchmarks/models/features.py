@@ -35,7 +35,6 @@ import numpy as np
 
 SIDECAR = Path("assets.extra") / "tfrec_features.json"
 FORMAT = 1
-DTYPES = {"int64": np.int64, "float32": np.float32, "string": object}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +42,7 @@ class Feature:
     """One signature input: its name, dtype, per-row shape and value domain."""
 
     name: str
-    dtype: str  # a key of DTYPES
+    dtype: str  # "int64", "float32" or "string"
     shape: tuple[int, ...] = ()  # per-row shape; the signature shape is (-1, *shape)
     vocab_size: int = 0  # int64 ids: valid ids are [1, vocab_size)
     vocab: tuple[str, ...] = ()  # string inputs: the values the lookup table knows
@@ -106,12 +105,6 @@ class Sidecar:
     def item_inputs(self) -> list[str]:
         return [f.name for f in self.features if not f.per_user]
 
-    def feature(self, name: str) -> Feature:
-        for f in self.features:
-            if f.name == name:
-                return f
-        raise KeyError(f"{name!r} is not an input of {self.model}")
-
     def write(self, version_dir: Path) -> Path:
         path = version_dir / SIDECAR
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,7 +117,7 @@ class Sidecar:
             "outputs": list(self.outputs),
             "features": {f.name: f.to_json() for f in self.features},
         }
-        path.write_text(json.dumps(doc, indent=1) + "\n")
+        path.write_text(_dumps(doc))
         return path
 
     @classmethod
@@ -133,8 +126,23 @@ class Sidecar:
         if doc.get("format") != FORMAT:
             raise ValueError(f"unknown sidecar format {doc.get('format')!r} in {version_dir}")
         names = [*doc["user_inputs"], *doc["item_inputs"]]
+        for name in names:  # the naming convention is what makes `per_user` work
+            if not name.startswith("user_" if name in doc["user_inputs"] else "item_"):
+                raise ValueError(f"{version_dir}: input {name!r} breaks the user_/item_ naming")
         features = tuple(Feature.from_json(n, doc["features"][n]) for n in names)
         return cls(doc["model"], doc["scale"], features, tuple(doc["outputs"]))
+
+
+def _dumps(doc: dict[str, object]) -> str:
+    """Indented JSON with one line per key and per feature (string vocabularies are long)."""
+    lines = []
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            inner = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in value.items())
+            lines.append(f" {json.dumps(key)}: {{\n{inner}\n }}")
+        else:
+            lines.append(f" {json.dumps(key)}: {json.dumps(value)}")
+    return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
 def sample(feature: Feature, rows: int, rng: np.random.Generator) -> np.ndarray:

@@ -95,29 +95,32 @@ def user_heavy(dims: Dims) -> Built:
     )
     x = keras_inputs(features)
     embed = _ItemEmbedding(dims)
-    mask = blocks.padding_mask(x["user_hist_items"])
-    seq = keras.layers.Dense(dims.model_dim, name="sequence_projection")(
-        embed(x["user_hist_items"], x["user_hist_categories"])
-    )
-    seq = blocks.PositionEmbedding(name="positions")(seq)
-    for i in range(dims.blocks):
-        seq = blocks.EncoderBlock(dims.model_dim, dims.heads, name=f"encoder_{i}")(seq, mask)
-    country = keras.layers.StringLookup(vocabulary=list(COUNTRIES), name="country_lookup")(
-        x["user_country"]
-    )
-    profile = [
-        blocks.embedding(dims.users, dims.emb, "user_embedding")(x["user_id"]),
-        blocks.embedding(AGE_BUCKETS, dims.emb, "age_embedding")(x["user_age_bucket"]),
-        blocks.embedding(len(COUNTRIES) + 1, dims.emb, "country_embedding")(country),
-        x["user_profile"],
-    ]
-    user = ops.concatenate([blocks.masked_mean(seq, mask), *profile], axis=-1)
-    user = keras.layers.Dense(dims.model_dim, name="user_vector")(
-        blocks.mlp(user, dims.mlp[:-1], "user_tower")
-    )
+    user = _user_tower(x, dims, embed)
     item = ops.concatenate([embed(x["item_id"], x["item_category"]), x["item_dense"]], axis=-1)
     item = keras.layers.Dense(dims.model_dim, name="item_vector")(item)
     pair = ops.concatenate([user, item, user * item], axis=-1)
     hidden = blocks.mlp(pair, dims.mlp[-1:], "scoring")
     model = keras.Model(x, {"score": blocks.score(hidden)}, name="user_heavy")
     return from_keras("user_heavy", features, model)
+
+
+def _user_tower(x: dict, dims: Dims, embed: _ItemEmbedding) -> blocks.Tensor:
+    """Encoded behaviour sequence (mean over its real steps) and profile -> MLP -> vector."""
+    mask = blocks.padding_mask(x["user_hist_items"])
+    seq = embed(x["user_hist_items"], x["user_hist_categories"])
+    seq = keras.layers.Dense(dims.model_dim, name="sequence_projection")(seq)
+    seq = blocks.PositionEmbedding(name="positions")(seq)
+    for i in range(dims.blocks):
+        seq = blocks.EncoderBlock(dims.model_dim, dims.heads, name=f"encoder_{i}")(seq, mask)
+    lookup = keras.layers.StringLookup(vocabulary=list(COUNTRIES), name="country_lookup")
+    profile = [
+        blocks.embedding(dims.users, dims.emb, "user_embedding")(x["user_id"]),
+        blocks.embedding(AGE_BUCKETS, dims.emb, "age_embedding")(x["user_age_bucket"]),
+        blocks.embedding(len(COUNTRIES) + 1, dims.emb, "country_embedding")(
+            lookup(x["user_country"])
+        ),
+        x["user_profile"],
+    ]
+    user = ops.concatenate([blocks.masked_mean(seq, mask), *profile], axis=-1)
+    user = blocks.mlp(user, dims.mlp[:-1], "user_tower")
+    return keras.layers.Dense(dims.model_dim, name="user_vector")(user)

@@ -28,30 +28,38 @@ def wdl(dims: Dims) -> Built:
         dense("item_dense", dims.dense),
     )
     x = keras_inputs(features)
-    country = keras.layers.StringLookup(vocabulary=list(COUNTRIES), name="country_lookup")(
-        x["user_country"]
-    )
-    brand = keras.layers.StringLookup(vocabulary=list(brands), name="brand_lookup")(
-        x["item_brand"]
-    )
-    cross = country * dims.categories + x["item_category"]
-    sparse = {
+    country = keras.layers.StringLookup(vocabulary=list(COUNTRIES), name="country_lookup")
+    brand = keras.layers.StringLookup(vocabulary=list(brands), name="brand_lookup")
+    sparse = {  # name: (row ids, table rows)
         "user_id": (x["user_id"], dims.users),
         "user_age_bucket": (x["user_age_bucket"], AGE_BUCKETS),
-        "user_country": (country, len(COUNTRIES) + 1),
+        "user_country": (country(x["user_country"]), len(COUNTRIES) + 1),
         "item_id": (x["item_id"], dims.items),
         "item_category": (x["item_category"], dims.categories),
-        "item_brand": (brand, len(brands) + 1),
+        "item_brand": (brand(x["item_brand"]), len(brands) + 1),
     }
-    wide = [blocks.embedding(rows, 1, f"wide_{n}")(v) for n, (v, rows) in sparse.items()]
-    wide.append(blocks.embedding((len(COUNTRIES) + 1) * dims.categories, 1, "wide_cross")(cross))
+    cross = sparse["user_country"][0] * dims.categories + x["item_category"]
+    sparse["cross"] = (cross, (len(COUNTRIES) + 1) * dims.categories)
     dense_in = ops.concatenate([x["user_dense"], x["item_dense"]], axis=-1)
-    wide.append(keras.layers.Dense(1, name="wide_dense")(dense_in))
-    deep = [blocks.embedding(rows, dims.emb, f"deep_{n}")(v) for n, (v, rows) in sparse.items()]
-    deep_x = blocks.mlp(ops.concatenate([*deep, dense_in], axis=-1), dims.mlp, "deep")
-    logit = keras.layers.Add()([*wide, keras.layers.Dense(1, name="deep_logit")(deep_x)])
+    logit = keras.layers.Add()([_wide(sparse, dense_in), _deep(sparse, dense_in, dims)])
     out = {"score": keras.layers.Activation("sigmoid", name="score")(logit)}
     return from_keras("wdl", features, keras.Model(x, out, name="wdl"))
+
+
+def _wide(sparse: dict, dense_in: blocks.Tensor) -> blocks.Tensor:
+    """A linear model: one weight per id (crosses included) plus a linear map of dense inputs."""
+    terms = [blocks.embedding(rows, 1, f"wide_{n}")(v) for n, (v, rows) in sparse.items()]
+    return keras.layers.Add()([*terms, keras.layers.Dense(1, name="wide_dense")(dense_in)])
+
+
+def _deep(sparse: dict, dense_in: blocks.Tensor, dims: Dims) -> blocks.Tensor:
+    embs = [
+        blocks.embedding(rows, dims.emb, f"deep_{n}")(v)
+        for n, (v, rows) in sparse.items()
+        if n != "cross"
+    ]
+    hidden = blocks.mlp(ops.concatenate([*embs, dense_in], axis=-1), dims.mlp, "deep")
+    return keras.layers.Dense(1, name="deep_logit")(hidden)
 
 
 def _profile_features(dims: Dims) -> tuple:
