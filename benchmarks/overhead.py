@@ -5,11 +5,15 @@ Three arms per case, alternating in rounds so machine drift hits all of them ali
   cheapest way to run it from Python; the network and the server excluded);
 - `tfrec_grpc`: a `tfrec_model_server` subprocess, Predict over a real gRPC channel with the
   stock client stubs (request built once, as `tf.make_tensor_proto` builds it);
-- `grpc_floor`: a bare grpcio PredictionService subprocess that decodes the input and returns
-  it (benchmarks/grpc_floor.py): what any Python gRPC server pays for the transport alone.
+- `grpc_floor`: a bare grpcio PredictionService subprocess (benchmarks/grpc_floor.py) that
+  decodes the same input and returns it; where the model's in-process p50 exceeds 1 ms, it
+  also sleeps that long and replies with the model's output size: a server with zero
+  overhead of its own.
 
-Cases: `half_plus_two` with x=[[2.0]] (TF-Serving's test model), and `mlp_1000x200`: a
-1000x200 float32 request into a ranking-style MLP (200 -> 512 -> 256 -> 1). Latency is
+Cases: `half_plus_two` with x=[[2.0]] (TF-Serving's test model); `mlp_1000x200`: a 1000x200
+float32 request into a ranking MLP (200 -> 1024 -> 512 -> 256 -> 1, DLRM-sized); and
+`half_plus_two_1000x200`, the same 800 KB request into half_plus_two, which returns 800 KB
+(nearly pure transport). Latency is
 end-to-end at concurrency 1, client in this process. Results go to
 `benchmarks/results/overhead-<date>.json` and to the table in `benchmarks/README.md`.
 
@@ -40,11 +44,14 @@ import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
 from benchmarks import report  # noqa: E402
+from server.main import tune_malloc  # noqa: E402
 from tfrec.servable import Servable, session_config  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 HALF_PLUS_TWO = ROOT / "tests" / "testdata" / "tfserving" / "saved_model_half_plus_two_cpu"
 free_port = report.free_port
+# Below this a model's run is left out of the floor: time.sleep itself costs ~50 us.
+MIN_FLOOR_DELAY_US = 1000.0
 
 
 def build_mlp(base: Path) -> Path:
@@ -56,14 +63,14 @@ def build_mlp(base: Path) -> Path:
             init = tf.random_normal_initializer(stddev=0.05, seed=1)
             self.layers = [
                 (tf.Variable(init([a, b])), tf.Variable(tf.zeros([b])))
-                for a, b in [(200, 512), (512, 256), (256, 1)]
+                for a, b in [(200, 1024), (1024, 512), (512, 256), (256, 1)]
             ]
 
         @tf.function(input_signature=[tf.TensorSpec([None, 200], tf.float32, name="x")])
         def serve(self, x):  # type: ignore[no-untyped-def]
             for i, (w, b) in enumerate(self.layers):
                 x = tf.matmul(x, w) + b
-                x = tf.nn.relu(x) if i < 2 else tf.sigmoid(x)
+                x = tf.nn.relu(x) if i < 3 else tf.sigmoid(x)
             return {"y": x}
 
     model = Mlp()
@@ -135,14 +142,20 @@ def run_case(
         feeds = {signature.inputs["x"]: x}
         fetches = list(signature.outputs.values())
         request = request_for("m", x)
-        arms: dict[str, Callable[[], object]] = {
-            "in_process": lambda: servable.run(feeds, fetches),
-            "tfrec_grpc": lambda: tfrec.stub.Predict(request),
-            "grpc_floor": lambda: floor.stub.Predict(request),
-        }
         expected = servable.run(feeds, fetches)[0]
         got = tf.make_ndarray(tfrec.stub.Predict(request).outputs["y"])
         np.testing.assert_allclose(got, expected, rtol=1e-6)
+        run_us = float(np.median(measure(lambda: servable.run(feeds, fetches), 50)))
+        floor_request = request_for("m", x)
+        if expected.shape != x.shape:
+            floor_request.inputs["reply"].CopyFrom(tf.make_tensor_proto(expected))
+        if run_us > MIN_FLOOR_DELAY_US:
+            floor_request.inputs["delay_us"].CopyFrom(tf.make_tensor_proto(run_us))
+        arms: dict[str, Callable[[], object]] = {
+            "in_process": lambda: servable.run(feeds, fetches),
+            "tfrec_grpc": lambda: tfrec.stub.Predict(request),
+            "grpc_floor": lambda: floor.stub.Predict(floor_request),
+        }
         samples: dict[str, list[float]] = {arm: [] for arm in arms}
         for call in arms.values():  # warm up every path
             measure(call, 50)
@@ -156,6 +169,7 @@ def run_case(
     return {
         "case": name,
         "input_shape": list(x.shape),
+        "floor_delay_us": run_us,
         "request_bytes": request.ByteSize(),
         "arms": {arm: report.summarize(values) for arm, values in samples.items()},
     }
@@ -166,6 +180,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000, help="requests per arm and case")
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
+    tune_malloc()  # the in-process arm gets tfrec's allocator settings too
     floor_port = free_port()
     floor = Subprocess(
         [sys.executable, "-m", "benchmarks.grpc_floor", f"--port={floor_port}"], floor_port
@@ -177,6 +192,7 @@ def main() -> None:
             cases = [
                 ("half_plus_two", HALF_PLUS_TWO, np.array([[2.0]], np.float32)),
                 ("mlp_1000x200", mlp, rng.random((1000, 200), np.float32)),
+                ("half_plus_two_1000x200", HALF_PLUS_TWO, rng.random((1000, 200), np.float32)),
             ]
             results = []
             for name, base, x in cases:

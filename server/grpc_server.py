@@ -85,7 +85,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         )
         response = predict_pb2.PredictResponse(model_spec=spec)
         for alias, array in outputs.items():
-            response.outputs[alias].CopyFrom(codecs.from_ndarray(array, self._tensor_content))
+            codecs.from_ndarray(array, self._tensor_content, response.outputs[alias])
         return response
 
     @_rpc

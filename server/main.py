@@ -7,6 +7,7 @@ Shutdown: stop accepting, let requests in flight finish, unload, exit 0.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -58,6 +59,22 @@ def _validate(settings: flags.Settings) -> None:
         )
 
 
+def tune_malloc() -> None:
+    """Keeps freed large buffers in the heap instead of returning them to the OS.
+
+    glibc hands every buffer over 128 KiB back with munmap, so each large request page-faults
+    its buffers in again: measured here, encoding an 800 KB tensor took 1.7 ms that way and
+    0.09 ms with these settings, and an 800 KB echo over gRPC went from 5.5 ms to 3.3 ms.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's maximum
+    libc.mallopt(m_trim_threshold, 256 << 20)
+
+
 def _version_text() -> str:
     import tensorflow as tf
 
@@ -79,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             log.warning("--%s is accepted for compatibility and has no effect in tfrec", name)
     try:
         _validate(settings)
+        tune_malloc()
         server = Server(settings)
         server.start()
     except StartupError as err:

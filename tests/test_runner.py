@@ -1,0 +1,50 @@
+"""The Runner times both execution modes on live calls, then keeps the faster; outputs match."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import HALF_PLUS_TWO, TF2
+from tfrec.runner import INLINE, POOLED, Runner
+from tfrec.servable import Servable, session_config
+
+
+def load(base) -> Servable:  # type: ignore[no-untyped-def]
+    path = next(p for p in base.iterdir() if p.name.isdigit())
+    return Servable.load("m", int(path.name), path, ["serve"], session_config(0, 0))
+
+
+def test_runner_settles_on_one_mode_after_its_trials() -> None:
+    servable = load(HALF_PLUS_TWO)
+    runner = Runner(servable._session, ["x:0"], ["y:0"], trials=4, label="half_plus_two")
+    x = np.array([[2.0], [4.0]], np.float32)
+    for _ in range(7):
+        assert runner.mode is None
+        np.testing.assert_array_equal(runner(x)[0], [[3.0], [4.0]])
+    runner(x)
+    assert runner.mode in (POOLED, INLINE)
+    np.testing.assert_array_equal(runner(x)[0], [[3.0], [4.0]])
+    servable.close()
+
+
+def test_both_modes_give_identical_outputs() -> None:
+    servable = load(TF2)
+    signature = servable.signatures["serving_default"]
+    feeds, fetches = [signature.inputs["x"]], list(signature.outputs.values())
+    x = np.arange(6, dtype=np.float32)
+    pooled = Runner(servable._session, feeds, fetches, mode=POOLED)(x)
+    inline = Runner(servable._session, feeds, fetches, mode=INLINE)(x)
+    np.testing.assert_array_equal(pooled[0], inline[0])
+    np.testing.assert_array_equal(pooled[0], 0.5 * x + 2)
+    servable.close()
+
+
+def test_errors_surface_in_either_mode() -> None:
+    servable = load(HALF_PLUS_TWO)
+    for mode in (POOLED, INLINE):
+        runner = Runner(servable._session, ["x:0"], ["y:0"], mode=mode)
+        with pytest.raises(tf.errors.InvalidArgumentError, match="string"):
+            runner(np.array(["a"], dtype=object))
+    servable.close()
