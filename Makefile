@@ -7,7 +7,7 @@ MODELS ?= models
 PORT ?= 8500
 REST_PORT ?= 8501
 
-.PHONY: install serve demo-model test lint format bench clean
+.PHONY: install serve demo-model test lint format bench generate clean
 
 install: $(STAMP)
 
@@ -41,6 +41,10 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/overhead.py
+
+# Protos TF-Serving's pip package lacks (tfrec/protos/*.proto); the generated code is committed.
+generate: $(STAMP)
+	$(PY) -m grpc_tools.protoc -I. --python_out=. tfrec/protos/*.proto
 
 clean:
 	rm -rf $(VENV) $(MODELS) .pytest_cache .ruff_cache .mypy_cache

@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -26,7 +27,8 @@ from tensorflow_serving.apis import (
 )
 
 from tfrec import codecs
-from tfrec.errors import ServingError
+from tfrec.errors import Code, ServingError
+from tfrec.metrics import Metrics
 from tfrec.service import Service
 
 log = logging.getLogger(__name__)
@@ -54,17 +56,33 @@ def _status_code(error: ServingError) -> grpc.StatusCode:
 
 
 def _rpc(method: F) -> F:
-    """Turns ServingErrors (and crashes) into gRPC statuses."""
+    """Turns ServingErrors (and crashes) into gRPC statuses.
+
+    Predict, Classify and Regress are also counted in the request metrics, as TF-Serving
+    counts them (request_count by status; request_latency when they succeed).
+    """
+    counted = method.__name__ in ("Predict", "Classify", "Regress")
 
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        start = time.perf_counter()
+        code = Code.OK
         try:
             return method(self, request, context)
         except ServingError as err:
+            code = err.code
             context.abort(_status_code(err), grpc_message(err.message))
         except Exception as err:
+            code = Code.INTERNAL
             log.exception("%s failed", method.__name__)
             context.abort(grpc.StatusCode.INTERNAL, grpc_message(f"{type(err).__name__}: {err}"))
+        finally:
+            metrics = self.metrics
+            if counted and metrics is not None:
+                model = request.model_spec.name
+                metrics.observe_request(
+                    model, method.__name__, "GRPC", code, time.perf_counter() - start
+                )
 
     return wrapper  # type: ignore[return-value]
 
@@ -74,9 +92,12 @@ def _spec(request: Any) -> Any:
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, service: Service, tensor_content: bool = False) -> None:
+    def __init__(
+        self, service: Service, tensor_content: bool = False, metrics: Metrics | None = None
+    ) -> None:
         self._service = service
         self._tensor_content = tensor_content
+        self.metrics = metrics
 
     @_rpc
     def Predict(self, request: predict_pb2.PredictRequest, context: Any) -> Any:
@@ -115,6 +136,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self, service: Service) -> None:
         self._service = service
+        self.metrics = None
 
     @_rpc
     def GetModelStatus(
@@ -151,6 +173,7 @@ def build_server(
     max_threads: int,
     tensor_content: bool = False,
     channel_args: Sequence[tuple[str, int | str]] = (),
+    metrics: Metrics | None = None,
     extra_servicers: Sequence[Callable[[grpc.Server], None]] = (),
 ) -> grpc.Server:
     """A gRPC server with both services registered; the caller adds ports and starts it."""
@@ -164,7 +187,7 @@ def build_server(
         options=options,
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(service, tensor_content), server
+        PredictionServicer(service, tensor_content, metrics), server
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(service), server)
     for add in extra_servicers:

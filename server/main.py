@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 from importlib import metadata
+from pathlib import Path
 
 from server import flags
 
@@ -75,6 +76,26 @@ def tune_malloc() -> None:
     libc.mallopt(m_trim_threshold, 256 << 20)
 
 
+def _prometheus_path(config_file: str) -> str | None:
+    """The Prometheus path of a --monitoring_config_file, None when metrics are not exported."""
+    if not config_file:
+        return None
+    from google.protobuf import text_format
+
+    from tfrec.protos.monitoring_config_pb2 import MonitoringConfig
+
+    try:
+        config = text_format.Parse(Path(config_file).read_text(), MonitoringConfig())
+    except (OSError, text_format.ParseError) as err:
+        raise StartupError(
+            f"INVALID_ARGUMENT: Invalid monitoring config file {config_file}: {err}"
+        ) from err
+    prometheus = config.prometheus_config
+    if not prometheus.enable:
+        return None
+    return prometheus.path or "/monitoring/prometheus/metrics"
+
+
 def _version_text() -> str:
     import tensorflow as tf
 
@@ -113,8 +134,10 @@ class Server:
     def __init__(self, settings: flags.Settings) -> None:
         self.settings = settings
         self.grpc_ports: list[int] = []
+        self.rest_port: int | None = None
         self._stopped = threading.Event()
         self._grpc = None
+        self._rest = None
         self._watcher: threading.Thread | None = None
 
     def start(self) -> None:
@@ -122,10 +145,13 @@ class Server:
         from tfrec import config as config_lib
         from tfrec.errors import ServingError
         from tfrec.manager import Manager
+        from tfrec.metrics import Metrics
         from tfrec.servable import Servable, session_config
         from tfrec.service import Service
 
         s = self.settings
+        self.metrics = Metrics()
+        self.prometheus_path = _prometheus_path(s.monitoring_config_file)
         intra, inter = s.session_threads()
         tf_config = session_config(intra, inter, s.tensorflow_session_config_file)
         tags = s.tags
@@ -155,6 +181,7 @@ class Server:
             raise StartupError(f"{err.code.name}: {err.message}") from err
         self.service = Service(self.manager, method_check=s.enable_signature_method_name_check)
         self._start_grpc()
+        self._start_rest()
         if s.model_config_file and s.model_config_file_poll_wait_seconds > 0:
             self._watch_config_file()
 
@@ -167,6 +194,7 @@ class Server:
             max_threads=s.grpc_max_threads,
             tensor_content=s.enable_serialization_as_tensor_content,
             channel_args=channel_arguments(s.grpc_channel_arguments),
+            metrics=self.metrics,
         )
         if s.port:
             bound = server.add_insecure_port(f"0.0.0.0:{s.port}")
@@ -179,6 +207,19 @@ class Server:
             log.info("Running gRPC ModelServer at UNIX socket %s ...", s.grpc_socket_path)
         server.start()
         self._grpc = server
+
+    def _start_rest(self) -> None:
+        s = self.settings
+        if not s.rest_api_port:
+            return
+        if s.rest_api_port == s.port:
+            log.error("--rest_api_port equals --port (%d): the REST API is not started", s.port)
+            return
+        from server.rest import RestServer
+
+        self._rest = RestServer(self.service, self.metrics, s, self.prometheus_path)
+        self.rest_port = self._rest.start()
+        log.info("Exporting HTTP/REST API at:localhost:%d ...", self.rest_port)
 
     def _watch_config_file(self) -> None:
         from tfrec import config as config_lib
@@ -209,6 +250,8 @@ class Server:
     def stop(self) -> None:
         """Stops accepting, finishes requests in flight, unloads every model."""
         self._stopped.set()
+        if self._rest is not None:
+            self._rest.stop(SHUTDOWN_GRACE_S)
         if self._grpc is not None:
             self._grpc.stop(SHUTDOWN_GRACE_S).wait()
         self.manager.close()

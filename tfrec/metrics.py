@@ -1,0 +1,189 @@
+"""Serving metrics: TF-Serving's names and buckets, kept in a prometheus_client registry.
+
+One `Metrics` per server (built in main, handed to whoever records). prometheus_client keeps
+the counters and histograms thread-safely; `render()` writes them in TF-Serving's own text
+format (util/prometheus_exporter.cc): metric names are TensorFlow's with every character
+outside [a-zA-Z0-9_] turned into ':' (`/tensorflow/serving/request_count` ->
+`:tensorflow:serving:request_count`), counters without a `_total` suffix, no `_created`
+samples, label-less series as `name{} 5`. tfrec's own metrics live under `/tfrec/...`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+
+from tfrec.errors import Code
+
+CONTENT_TYPE = "text/plain; charset=utf-8"
+
+
+def _exponential(scale: float, growth: float, count: int) -> list[float]:
+    """TensorFlow's monitoring::Buckets::Exponential limits (the last bucket is +Inf)."""
+    return [scale * growth**i for i in range(count - 1)]
+
+
+# TF-Serving's request/runtime latency buckets: scale 10 us, growth 1.8, 33 buckets.
+LATENCY_BUCKETS_US = _exponential(10, 1.8, 33)
+EXAMPLE_COUNT_BUCKETS = _exponential(1, 2, 15)
+BATCH_SIZE_BUCKETS = _exponential(1, 2, 16)
+
+
+def prometheus_name(tf_name: str) -> str:
+    name = re.sub(r"[^a-zA-Z0-9_]", ":", tf_name)
+    return "_" + name if name[:1].isdigit() else name
+
+
+class Metrics:
+    """Every metric tfrec exports; methods are thread-safe."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
+        n = prometheus_name
+        self.request_count = Counter(
+            n("/tensorflow/serving/request_count"),
+            "The total number of requests.",
+            ["model_name", "status"],
+            registry=r,
+        )
+        self.request_latency = Histogram(
+            n("/tensorflow/serving/request_latency"),
+            "Distribution of wall time (in microseconds) for Tensorflow Serving request.",
+            ["model_name", "API", "entrypoint"],
+            buckets=LATENCY_BUCKETS_US,
+            registry=r,
+        )
+        self.runtime_latency = Histogram(
+            n("/tensorflow/serving/runtime_latency"),
+            "Distribution of wall time (in microseconds) for Tensorflow runtime.",
+            ["model_name", "API", "runtime"],
+            buckets=LATENCY_BUCKETS_US,
+            registry=r,
+        )
+        self.example_counts = Histogram(
+            n("/tensorflow/serving/request_example_counts"),
+            "The number of tensorflow.Examples per request.",
+            ["model"],
+            buckets=EXAMPLE_COUNT_BUCKETS,
+            registry=r,
+        )
+        self.example_count_total = Counter(
+            n("/tensorflow/serving/request_example_count_total"),
+            "The total number of tensorflow.Examples.",
+            ["model"],
+            registry=r,
+        )
+        self.load_attempt_count = Counter(
+            n("/tensorflow/cc/saved_model/load_attempt_count"),
+            "The number of times a SavedModel was successfully loaded.",
+            ["model_path", "status"],
+            registry=r,
+        )
+        self.load_latency = Counter(
+            n("/tensorflow/cc/saved_model/load_latency"),
+            "Latency in microseconds for SavedModels that were successfully loaded.",
+            ["model_path"],
+            registry=r,
+        )
+        self.warmup_latency = Histogram(
+            n("/tensorflow/serving/model_warmup_latency"),
+            "Distribution of wall time (in microseconds) for warming up the model.",
+            ["model_path", "status"],
+            buckets=LATENCY_BUCKETS_US,
+            registry=r,
+        )
+        self.warmup_records_read = Counter(
+            n("/tensorflow/serving/model_warmup_records_read"),
+            "Number of warmup records read.",
+            ["model_path", "status"],
+            registry=r,
+        )
+        self.batching_queuing_latency = Histogram(
+            n("/tensorflow/serving/batching_session/queuing_latency"),
+            "Distribution of wall time (in microseconds) requests spend queued for a batch.",
+            ["thread_pool_name"],
+            buckets=LATENCY_BUCKETS_US,
+            registry=r,
+        )
+        self.batching_wrapped_run_count = Counter(
+            n("/tensorflow/serving/batching_session/wrapped_run_count"),
+            "Total count of runs the batching layer wrapped.",
+            ["thread_pool_name"],
+            registry=r,
+        )
+        # tfrec's own.
+        self.signature_latency = Histogram(
+            n("/tfrec/signature_latency"),
+            "Distribution of wall time (in microseconds) of a signature run, by signature.",
+            ["model_name", "signature"],
+            buckets=LATENCY_BUCKETS_US,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            n("/tfrec/batch_size"),
+            "Rows per batch that server-side batching ran, by model and signature.",
+            ["model_name", "signature"],
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.batch_requests = Histogram(
+            n("/tfrec/batch_requests"),
+            "Requests merged into one batch by server-side batching.",
+            ["model_name", "signature"],
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.model_versions = Gauge(
+            n("/tfrec/model_versions_available"),
+            "Model versions currently AVAILABLE, by model.",
+            ["model_name"],
+            registry=r,
+        )
+
+    def observe_request(
+        self, model: str, api: str, entrypoint: str, code: Code, latency_s: float
+    ) -> None:
+        """A finished request: counted by status; its latency kept when it succeeded."""
+        self.request_count.labels(model, code.name).inc()
+        if code == Code.OK:
+            self.request_latency.labels(model, api, entrypoint).observe(latency_s * 1e6)
+
+    def render(self) -> bytes:
+        """The Prometheus text page, in TF-Serving's format."""
+        return ("\n".join(_lines(self.registry.collect())) + "\n").encode()
+
+
+def _labels(labels: dict[str, str]) -> str:
+    def escape(value: str) -> str:
+        return value.replace("\\", "\\\\").replace('"', '\\"')
+
+    return ",".join(f'{re.sub(r"[^a-zA-Z0-9]", "_", k)}="{escape(v)}"' for k, v in labels.items())
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.6g}"
+
+
+def _lines(families: Iterable[Metric]) -> Iterable[str]:
+    for family in families:
+        if family.type == "histogram":
+            yield f"# TYPE {family.name} histogram"
+            for sample in family.samples:
+                if sample.name.endswith("_created"):
+                    continue
+                labels = dict(sample.labels)
+                if "le" in labels:
+                    le = float(labels["le"])
+                    labels["le"] = "+Inf" if le == float("inf") else _number(le)
+                yield f"{sample.name}{{{_labels(labels)}}} {_number(sample.value)}"
+        else:
+            kind = family.type if family.type in ("counter", "gauge") else "untyped"
+            yield f"# TYPE {family.name} {kind}"
+            for sample in family.samples:
+                if sample.name.endswith("_created"):
+                    continue
+                yield f"{family.name}{{{_labels(sample.labels)}}} {_number(sample.value)}"
