@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -148,6 +149,7 @@ class Server:
         from tfrec.metrics import Metrics
         from tfrec.servable import Servable, session_config
         from tfrec.service import Service
+        from tfrec.warmup import warm_up
 
         s = self.settings
         self.metrics = Metrics()
@@ -157,7 +159,23 @@ class Server:
         tags = s.tags
 
         def load(name: str, version: int, path):  # type: ignore[no-untyped-def]
-            return Servable.load(name, version, path, tags, tf_config)
+            started = time.perf_counter()
+            try:
+                servable = Servable.load(name, version, path, tags, tf_config)
+            except ServingError:
+                self.metrics.load_attempt_count.labels(str(path), "fail").inc()
+                raise
+            self.metrics.load_attempt_count.labels(str(path), "success").inc()
+            self.metrics.load_latency.labels(str(path)).inc((time.perf_counter() - started) * 1e6)
+            if s.enable_model_warmup:
+                try:
+                    warm_up(
+                        self.service, servable, s.num_request_iterations_for_warmup, self.metrics
+                    )
+                except ServingError:
+                    servable.close()
+                    raise
+            return servable
 
         self.manager = Manager(
             load,
@@ -166,6 +184,7 @@ class Server:
             load_threads=s.num_load_threads,
             allow_labels_for_unavailable=s.allow_version_labels_for_unavailable_models,
         )
+        self.service = Service(self.manager, method_check=s.enable_signature_method_name_check)
         if s.file_system_poll_wait_seconds < 0:
             log.warning("--file_system_poll_wait_seconds < 0: version directories are not polled")
         # Polling starts first: start-up may wait for a version directory to appear.
@@ -179,7 +198,6 @@ class Server:
         except ServingError as err:
             self.manager.close()
             raise StartupError(f"{err.code.name}: {err.message}") from err
-        self.service = Service(self.manager, method_check=s.enable_signature_method_name_check)
         self._start_grpc()
         self._start_rest()
         if s.model_config_file and s.model_config_file_poll_wait_seconds > 0:

@@ -68,15 +68,26 @@ class Service:
         if spec is None:
             raise InvalidArgument("Missing ModelSpec")
         with self.manager.lease(spec) as servable:
-            name = spec.signature_name or DEFAULT_SIGNATURE
-            signature = servable.signatures.get(name)
-            if signature is None:
-                raise FailedPrecondition(f'Serving signature key "{name}" not found.')
-            out_spec = _response_spec(spec.name, name, servable.version)
-            self._check_predict_method(signature)
-            feeds = self._feeds(signature, inputs, decode)
-            aliases, fetches = self._fetches(signature, output_filter)
-            values = servable.run(feeds, fetches)
+            return self.predict_on(servable, spec, inputs, output_filter, decode)
+
+    def predict_on(
+        self,
+        servable: Servable,
+        spec: ModelSpec,
+        inputs: Mapping[str, Any],
+        output_filter: Sequence[str] = (),
+        decode: Decode = np.asarray,
+    ) -> tuple[ModelSpec, dict[str, np.ndarray]]:
+        """Predict on a given servable (the request's lease, or a version warming up)."""
+        name = spec.signature_name or DEFAULT_SIGNATURE
+        signature = servable.signatures.get(name)
+        if signature is None:
+            raise FailedPrecondition(f'Serving signature key "{name}" not found.')
+        out_spec = _response_spec(spec.name, name, servable.version)
+        self._check_predict_method(signature)
+        feeds = self._feeds(signature, inputs, decode)
+        aliases, fetches = self._fetches(signature, output_filter)
+        values = servable.run(feeds, fetches)
         return out_spec, dict(zip(aliases, values, strict=True))
 
     def predict_signature(self, spec: ModelSpec) -> Signature:
@@ -158,11 +169,16 @@ class Service:
         if spec is None:
             raise InvalidArgument("Missing ModelSpec")
         with self.manager.lease(spec) as servable:
-            signature = self._example_signature(servable, spec)
-            input_tensor, outputs = inference.classification_tensors(signature, self._method_check)
-            out_spec = _response_spec(spec.name, spec.signature_name, servable.version)
-            examples = inference.serialized_examples(data)
-            fetched = inference.run_examples(servable, [input_tensor], outputs, examples)
+            return self.classify_on(servable, spec, data)
+
+    def classify_on(
+        self, servable: Servable, spec: ModelSpec, data: input_pb2.Input
+    ) -> tuple[ModelSpec, classification_pb2.ClassificationResult]:
+        signature = self._example_signature(servable, spec)
+        input_tensor, outputs = inference.classification_tensors(signature, self._method_check)
+        out_spec = _response_spec(spec.name, spec.signature_name, servable.version)
+        examples = inference.serialized_examples(data)
+        fetched = inference.run_examples(servable, [input_tensor], outputs, examples)
         return out_spec, inference.classification_result(signature, len(examples), fetched)
 
     def regress(
@@ -171,11 +187,16 @@ class Service:
         if spec is None:
             raise InvalidArgument("Missing ModelSpec")
         with self.manager.lease(spec) as servable:
-            signature = self._example_signature(servable, spec)
-            input_tensor, outputs = inference.regression_tensors(signature, self._method_check)
-            out_spec = _response_spec(spec.name, spec.signature_name, servable.version)
-            examples = inference.serialized_examples(data)
-            fetched = inference.run_examples(servable, [input_tensor], outputs, examples)
+            return self.regress_on(servable, spec, data)
+
+    def regress_on(
+        self, servable: Servable, spec: ModelSpec, data: input_pb2.Input
+    ) -> tuple[ModelSpec, regression_pb2.RegressionResult]:
+        signature = self._example_signature(servable, spec)
+        input_tensor, outputs = inference.regression_tensors(signature, self._method_check)
+        out_spec = _response_spec(spec.name, spec.signature_name, servable.version)
+        examples = inference.serialized_examples(data)
+        fetched = inference.run_examples(servable, [input_tensor], outputs, examples)
         return out_spec, inference.regression_result(signature, len(examples), fetched)
 
     @staticmethod
@@ -191,27 +212,32 @@ class Service:
     ) -> inference_pb2.MultiInferenceResponse:
         first = request.tasks[0].model_spec if request.tasks else ModelSpec()
         with self.manager.lease(first) as servable:
-            plans = self._plan_tasks(servable, request.tasks)
-            examples = inference.serialized_examples(request.input)
-            inputs = [p[2] for p in plans]
-            outputs = [o for p in plans for o in p[3]]
-            fetched = inference.run_examples(servable, inputs, outputs, examples)
-            response = inference_pb2.MultiInferenceResponse()
-            for task, (signature, method, _, _) in zip(request.tasks, plans, strict=True):
-                result = response.results.add()
-                if method == inference.CLASSIFY:
-                    result.classification_result.CopyFrom(
-                        inference.classification_result(signature, len(examples), fetched)
-                    )
-                else:
-                    result.regression_result.CopyFrom(
-                        inference.regression_result(signature, len(examples), fetched)
-                    )
-                result.model_spec.CopyFrom(
-                    _response_spec(
-                        task.model_spec.name, task.model_spec.signature_name, servable.version
-                    )
+            return self.multi_inference_on(servable, request)
+
+    def multi_inference_on(
+        self, servable: Servable, request: inference_pb2.MultiInferenceRequest
+    ) -> inference_pb2.MultiInferenceResponse:
+        plans = self._plan_tasks(servable, request.tasks)
+        examples = inference.serialized_examples(request.input)
+        inputs = [p[2] for p in plans]
+        outputs = [o for p in plans for o in p[3]]
+        fetched = inference.run_examples(servable, inputs, outputs, examples)
+        response = inference_pb2.MultiInferenceResponse()
+        for task, (signature, method, _, _) in zip(request.tasks, plans, strict=True):
+            result = response.results.add()
+            if method == inference.CLASSIFY:
+                result.classification_result.CopyFrom(
+                    inference.classification_result(signature, len(examples), fetched)
                 )
+            else:
+                result.regression_result.CopyFrom(
+                    inference.regression_result(signature, len(examples), fetched)
+                )
+            result.model_spec.CopyFrom(
+                _response_spec(
+                    task.model_spec.name, task.model_spec.signature_name, servable.version
+                )
+            )
         return response
 
     def _plan_tasks(
