@@ -12,9 +12,12 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import text_format
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -29,6 +32,7 @@ from tensorflow_serving.apis import (
 from tfrec import codecs
 from tfrec.errors import Code, ServingError
 from tfrec.metrics import Metrics
+from tfrec.protos.ssl_config_pb2 import SSLConfig
 from tfrec.service import Service
 
 log = logging.getLogger(__name__)
@@ -165,6 +169,36 @@ def channel_arguments(text: str) -> list[tuple[str, int | str]]:
         except ValueError:
             out.append((key, value))
     return out
+
+
+def ssl_credentials(config_file: str) -> grpc.ServerCredentials:
+    """Server credentials from TF-Serving's text SSLConfig (PEM contents, not paths)."""
+    try:
+        config = text_format.Parse(Path(config_file).read_text(), SSLConfig())
+    except (OSError, text_format.ParseError) as err:
+        raise ServingError(
+            f"Invalid SSL config file {config_file}: {err}", Code.INVALID_ARGUMENT
+        ) from err
+    if not config.server_key or not config.server_cert:
+        raise ServingError(
+            f"SSL config file {config_file} needs both server_key and server_cert",
+            Code.INVALID_ARGUMENT,
+        )
+    return grpc.ssl_server_credentials(
+        [(config.server_key.encode(), config.server_cert.encode())],
+        root_certificates=config.custom_ca.encode() or None,
+        require_client_auth=config.client_verify,
+    )
+
+
+def health_servicer(server: grpc.Server) -> health.HealthServicer:
+    """grpc.health.v1.Health with the overall, ModelService and PredictionService statuses
+    SERVING, as TF-Serving's --enable_grpc_healthcheck_service sets them."""
+    servicer = health.HealthServicer()
+    for name in ("", "ModelService", "PredictionService"):
+        servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    return servicer
 
 
 def build_server(

@@ -139,6 +139,7 @@ class Server:
         self._stopped = threading.Event()
         self._grpc = None
         self._rest = None
+        self._health = None
         self._watcher: threading.Thread | None = None
 
     def start(self) -> None:
@@ -198,15 +199,29 @@ class Server:
         except ServingError as err:
             self.manager.close()
             raise StartupError(f"{err.code.name}: {err.message}") from err
-        self._start_grpc()
-        self._start_rest()
+        try:
+            self._start_grpc()
+            self._start_rest()
+        except BaseException:
+            self.stop()
+            raise
         if s.model_config_file and s.model_config_file_poll_wait_seconds > 0:
             self._watch_config_file()
 
     def _start_grpc(self) -> None:
-        from server.grpc_server import build_server, channel_arguments
+        from server.grpc_server import (
+            build_server,
+            channel_arguments,
+            health_servicer,
+            ssl_credentials,
+        )
+        from tfrec.errors import ServingError
 
         s = self.settings
+        try:
+            credentials = ssl_credentials(s.ssl_config_file) if s.ssl_config_file else None
+        except ServingError as err:
+            raise StartupError(f"{err.code.name}: {err.message}") from err
         server = build_server(
             self.service,
             max_threads=s.grpc_max_threads,
@@ -214,15 +229,25 @@ class Server:
             channel_args=channel_arguments(s.grpc_channel_arguments),
             metrics=self.metrics,
         )
+        if s.enable_grpc_healthcheck_service:
+            self._health = health_servicer(server)
+
+        def listen(address: str) -> int:
+            if credentials is None:
+                return server.add_insecure_port(address)
+            return server.add_secure_port(address, credentials)
+
         if s.port:
-            bound = server.add_insecure_port(f"0.0.0.0:{s.port}")
+            bound = listen(f"0.0.0.0:{s.port}")
             if not bound:
                 raise StartupError(f"UNAVAILABLE: could not bind gRPC to 0.0.0.0:{s.port}")
             self.grpc_ports.append(bound)
             log.info("Running gRPC ModelServer at 0.0.0.0:%d ...", bound)
         if s.grpc_socket_path:
-            server.add_insecure_port(f"unix:{s.grpc_socket_path}")
+            listen(f"unix:{s.grpc_socket_path}")
             log.info("Running gRPC ModelServer at UNIX socket %s ...", s.grpc_socket_path)
+        if credentials is not None:
+            log.info("Using SSL credentials")
         server.start()
         self._grpc = server
 
@@ -268,6 +293,8 @@ class Server:
     def stop(self) -> None:
         """Stops accepting, finishes requests in flight, unloads every model."""
         self._stopped.set()
+        if self._health is not None:
+            self._health.enter_graceful_shutdown()  # every status NOT_SERVING
         if self._rest is not None:
             self._rest.stop(SHUTDOWN_GRACE_S)
         if self._grpc is not None:
