@@ -16,6 +16,7 @@ import threading
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from server import flags
 
@@ -116,17 +117,49 @@ def main(argv: list[str] | None = None) -> int:
     for name in explicit:
         if flags.field(name).metadata.get("accepted"):
             log.warning("--%s is accepted for compatibility and has no effect in tfrec", name)
+    signals = _Signals()
+    server: Server | None = None
     try:
         _validate(settings)
         tune_malloc()
         server = Server(settings)
         server.start()
+        signals.serving()
+        log.info("Received a shutdown signal: draining requests in flight")
     except StartupError as err:
         print(f"Failed to start server. Error: {err}", file=sys.stderr)
         return 255
-    server.wait_for_signal()
-    server.stop()
+    except _Shutdown:
+        log.info("Received a shutdown signal while starting: stopping")
+    if server is not None:
+        server.stop()
     return 0
+
+
+class _Shutdown(Exception):
+    """SIGTERM/SIGINT arrived before the server was serving."""
+
+
+class _Signals:
+    """SIGTERM and SIGINT, from the first moment: during start-up they abort it (through
+    `_Shutdown` in the main thread); once serving, `serving()` blocks until one arrives."""
+
+    def __init__(self) -> None:
+        self._received = threading.Event()
+        self._serving = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if not self._serving:
+            raise _Shutdown
+        self._received.set()
+
+    def serving(self) -> None:
+        """Blocks the main thread until SIGTERM or SIGINT."""
+        self._serving = True
+        while not self._received.wait(0.5):
+            pass
 
 
 class Server:
@@ -140,6 +173,7 @@ class Server:
         self._grpc = None
         self._rest = None
         self._health = None
+        self.manager: Any = None
         self._watcher: threading.Thread | None = None
 
     def start(self) -> None:
@@ -281,15 +315,6 @@ class Server:
         self._watcher = threading.Thread(target=loop, name="tfrec-config-poll", daemon=True)
         self._watcher.start()
 
-    def wait_for_signal(self) -> None:
-        """Blocks the main thread until SIGTERM or SIGINT."""
-        received = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda signum, frame: received.set())
-        while not received.wait(0.5):
-            pass
-        log.info("Received a shutdown signal: draining requests in flight")
-
     def stop(self) -> None:
         """Stops accepting, finishes requests in flight, unloads every model."""
         self._stopped.set()
@@ -299,7 +324,8 @@ class Server:
             self._rest.stop(SHUTDOWN_GRACE_S)
         if self._grpc is not None:
             self._grpc.stop(SHUTDOWN_GRACE_S).wait()
-        self.manager.close()
+        if self.manager is not None:
+            self.manager.close()
         log.info("Server stopped")
 
 
