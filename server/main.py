@@ -192,11 +192,12 @@ class Server:
         intra, inter = s.session_threads()
         tf_config = session_config(intra, inter, s.tensorflow_session_config_file)
         tags = s.tags
+        batching = self._batching() if s.enable_batching else None
 
         def load(name: str, version: int, path):  # type: ignore[no-untyped-def]
             started = time.perf_counter()
             try:
-                servable = Servable.load(name, version, path, tags, tf_config)
+                servable = Servable.load(name, version, path, tags, tf_config, batching=batching)
             except ServingError:
                 self.metrics.load_attempt_count.labels(str(path), "fail").inc()
                 raise
@@ -219,7 +220,9 @@ class Server:
             load_threads=s.num_load_threads,
             allow_labels_for_unavailable=s.allow_version_labels_for_unavailable_models,
         )
-        self.service = Service(self.manager, method_check=s.enable_signature_method_name_check)
+        self.service = Service(
+            self.manager, method_check=s.enable_signature_method_name_check, metrics=self.metrics
+        )
         if s.file_system_poll_wait_seconds < 0:
             log.warning("--file_system_poll_wait_seconds < 0: version directories are not polled")
         # Polling starts first: start-up may wait for a version directory to appear.
@@ -241,6 +244,22 @@ class Server:
             raise
         if s.model_config_file and s.model_config_file_poll_wait_seconds > 0:
             self._watch_config_file()
+
+    def _batching(self):  # type: ignore[no-untyped-def]
+        """--enable_batching: the parameters file (or server.cc's defaults) and batch threads."""
+        from tfrec.batching import SERVER_THREAD_POOL_NAME, Batching, BatchingOptions
+        from tfrec.errors import ServingError
+
+        path = self.settings.batching_parameters_file
+        try:
+            if path:
+                options = BatchingOptions.read(path)
+            else:
+                options = BatchingOptions(thread_pool_name=SERVER_THREAD_POOL_NAME)
+        except ServingError as err:
+            raise StartupError(f"{err.code.name}: {err.message}") from err
+        log.info("Batching requests with %s", options)
+        return Batching(options, self.metrics)
 
     def _start_grpc(self) -> None:
         from server.grpc_server import (

@@ -154,7 +154,12 @@ class Metrics:
 
     def render(self) -> bytes:
         """The Prometheus text page, in TF-Serving's format."""
-        return ("\n".join(_lines(self.registry.collect())) + "\n").encode()
+        # prometheus_client drops a trailing `_total` from counter names; TF's keep theirs.
+        renames = {
+            c._name: c._name + "_total"
+            for c in (self.example_count_total,)
+        }
+        return ("\n".join(_lines(self.registry.collect(), renames)) + "\n").encode()
 
 
 def _labels(labels: dict[str, str]) -> str:
@@ -168,10 +173,11 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:.6g}"
 
 
-def _lines(families: Iterable[Metric]) -> Iterable[str]:
+def _lines(families: Iterable[Metric], renames: dict[str, str]) -> Iterable[str]:
     for family in families:
+        name = renames.get(family.name, family.name)
         if family.type == "histogram":
-            yield f"# TYPE {family.name} histogram"
+            yield f"# TYPE {name} histogram"
             for sample in family.samples:
                 if sample.name.endswith("_created"):
                     continue
@@ -182,8 +188,8 @@ def _lines(families: Iterable[Metric]) -> Iterable[str]:
                 yield f"{sample.name}{{{_labels(labels)}}} {_number(sample.value)}"
         else:
             kind = family.type if family.type in ("counter", "gauge") else "untyped"
-            yield f"# TYPE {family.name} {kind}"
+            yield f"# TYPE {name} {kind}"
             for sample in family.samples:
                 if sample.name.endswith("_created"):
                     continue
-                yield f"{family.name}{{{_labels(sample.labels)}}} {_number(sample.value)}"
+                yield f"{name}{{{_labels(sample.labels)}}} {_number(sample.value)}"

@@ -8,6 +8,7 @@ failure is a ServingError. Nothing here knows gRPC or HTTP.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ from tfrec import codecs, inference
 from tfrec.config import ModelServerConfig
 from tfrec.errors import FailedPrecondition, Internal, InvalidArgument, Unimplemented
 from tfrec.manager import Manager
+from tfrec.metrics import Metrics
 from tfrec.servable import Servable, Signature
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -48,9 +50,24 @@ def _sorted_set(keys: Any) -> str:
 class Service:
     """One instance per server, shared by every transport; thread-safe."""
 
-    def __init__(self, manager: Manager, *, method_check: bool = False) -> None:
+    def __init__(
+        self, manager: Manager, *, method_check: bool = False, metrics: Metrics | None = None
+    ) -> None:
         self.manager = manager
         self._method_check = method_check
+        self._metrics = metrics
+
+    def _observe(self, servable: Servable, api: str, signature: str, start: float) -> None:
+        """Runtime latency (TF-Serving's runtime_latency) and tfrec's per-signature latency."""
+        if self._metrics is not None:
+            elapsed_us = (time.perf_counter() - start) * 1e6
+            self._metrics.runtime_latency.labels(servable.name, api, "TF1").observe(elapsed_us)
+            self._metrics.signature_latency.labels(servable.name, signature).observe(elapsed_us)
+
+    def _count_examples(self, model: str, count: int) -> None:
+        if self._metrics is not None:
+            self._metrics.example_counts.labels(model).observe(count)
+            self._metrics.example_count_total.labels(model).inc(count)
 
     # ------------------------------------------------------------------ Predict
 
@@ -87,7 +104,9 @@ class Service:
         self._check_predict_method(signature)
         feeds = self._feeds(signature, inputs, decode)
         aliases, fetches = self._fetches(signature, output_filter)
+        start = time.perf_counter()
         values = servable.run(feeds, fetches)
+        self._observe(servable, "Predict", name, start)
         return out_spec, dict(zip(aliases, values, strict=True))
 
     def predict_signature(self, spec: ModelSpec) -> Signature:
@@ -178,7 +197,10 @@ class Service:
         input_tensor, outputs = inference.classification_tensors(signature, self._method_check)
         out_spec = _response_spec(spec.name, spec.signature_name, servable.version)
         examples = inference.serialized_examples(data)
+        self._count_examples(spec.name, len(examples))
+        start = time.perf_counter()
         fetched = inference.run_examples(servable, [input_tensor], outputs, examples)
+        self._observe(servable, "Classify", signature.name, start)
         return out_spec, inference.classification_result(signature, len(examples), fetched)
 
     def regress(
@@ -196,7 +218,10 @@ class Service:
         input_tensor, outputs = inference.regression_tensors(signature, self._method_check)
         out_spec = _response_spec(spec.name, spec.signature_name, servable.version)
         examples = inference.serialized_examples(data)
+        self._count_examples(spec.name, len(examples))
+        start = time.perf_counter()
         fetched = inference.run_examples(servable, [input_tensor], outputs, examples)
+        self._observe(servable, "Regress", signature.name, start)
         return out_spec, inference.regression_result(signature, len(examples), fetched)
 
     @staticmethod
