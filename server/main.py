@@ -50,6 +50,8 @@ def _validate(settings: flags.Settings) -> None:
             "server_options.batching_parameters_file is set without setting "
             "server_options.enable_batching to true."
         )
+    if settings.structured_dedup not in ("auto", "off"):
+        raise invalid(f"--structured_dedup must be auto or off, got {settings.structured_dedup}")
     if (
         settings.tensorflow_session_parallelism > 0
         and settings.tensorflow_intra_op_parallelism > 0
@@ -221,7 +223,10 @@ class Server:
             allow_labels_for_unavailable=s.allow_version_labels_for_unavailable_models,
         )
         self.service = Service(
-            self.manager, method_check=s.enable_signature_method_name_check, metrics=self.metrics
+            self.manager,
+            method_check=s.enable_signature_method_name_check,
+            metrics=self.metrics,
+            structured_dedup=s.structured_dedup != "off",
         )
         if s.file_system_poll_wait_seconds < 0:
             log.warning("--file_system_poll_wait_seconds < 0: version directories are not polled")

@@ -137,6 +137,12 @@ class Metrics:
             buckets=BATCH_SIZE_BUCKETS,
             registry=r,
         )
+        self.structured_dedup = Counter(
+            n("/tfrec/structured_dedup"),
+            "Flat requests to a signature with a structured twin: run on the twin (hit) or not.",
+            ["model_name", "signature", "result"],
+            registry=r,
+        )
         self.model_versions = Gauge(
             n("/tfrec/model_versions_available"),
             "Model versions currently AVAILABLE, by model.",
@@ -155,10 +161,7 @@ class Metrics:
     def render(self) -> bytes:
         """The Prometheus text page, in TF-Serving's format."""
         # prometheus_client drops a trailing `_total` from counter names; TF's keep theirs.
-        renames = {
-            c._name: c._name + "_total"
-            for c in (self.example_count_total,)
-        }
+        renames = {c._name: c._name + "_total" for c in (self.example_count_total,)}
         return ("\n".join(_lines(self.registry.collect(), renames)) + "\n").encode()
 
 

@@ -26,7 +26,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
 from tensorflow.python.util import deprecation
 
-from tfrec import codecs
+from tfrec import codecs, structured
 from tfrec.errors import InvalidArgument, ServingError, from_tf_error
 from tfrec.runner import Runner
 
@@ -84,6 +84,9 @@ class Servable:
         self.signatures: dict[str, Signature] = {
             key: Signature.of(key, sig) for key, sig in meta_graph.signature_def.items()
         }
+        # Structured twins (tfrec-convert), by their own name and by the signature they mirror.
+        self.structured = structured.load(path, self.signatures)
+        self.twin_of = {twin.original: twin for twin in self.structured.values()}
         self._session = session
         self._callables: dict[tuple[tuple[str, ...], tuple[str, ...]], Runner] = {}
         self._lock = threading.Lock()

@@ -23,7 +23,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from tfrec import codecs, inference
+from tfrec import codecs, inference, structured
 from tfrec.config import ModelServerConfig
 from tfrec.errors import FailedPrecondition, Internal, InvalidArgument, Unimplemented
 from tfrec.manager import Manager
@@ -51,11 +51,17 @@ class Service:
     """One instance per server, shared by every transport; thread-safe."""
 
     def __init__(
-        self, manager: Manager, *, method_check: bool = False, metrics: Metrics | None = None
+        self,
+        manager: Manager,
+        *,
+        method_check: bool = False,
+        metrics: Metrics | None = None,
+        structured_dedup: bool = True,
     ) -> None:
         self.manager = manager
         self._method_check = method_check
         self._metrics = metrics
+        self._structured_dedup = structured_dedup
 
     def _observe(self, servable: Servable, api: str, signature: str, start: float) -> None:
         """Runtime latency (TF-Serving's runtime_latency) and tfrec's per-signature latency."""
@@ -102,12 +108,44 @@ class Service:
             raise FailedPrecondition(f'Serving signature key "{name}" not found.')
         out_spec = _response_spec(spec.name, name, servable.version)
         self._check_predict_method(signature)
-        feeds = self._feeds(signature, inputs, decode)
+        arrays = self._inputs(signature, inputs, decode)
         aliases, fetches = self._fetches(signature, output_filter)
+        twin = servable.structured.get(name)
+        if twin is not None:
+            structured.check_request(twin, arrays)
+        run_signature = signature
+        deduped = self._dedup(servable, signature, arrays, aliases)
+        if deduped is not None:
+            run_signature, arrays = deduped
+            fetches = [run_signature.outputs[a] for a in aliases]
+        feeds = {run_signature.inputs[alias]: array for alias, array in arrays.items()}
         start = time.perf_counter()
         values = servable.run(feeds, fetches)
-        self._observe(servable, "Predict", name, start)
+        self._observe(servable, "Predict", run_signature.name, start)
         return out_spec, dict(zip(aliases, values, strict=True))
+
+    def _dedup(
+        self,
+        servable: Servable,
+        signature: Signature,
+        arrays: dict[str, np.ndarray],
+        aliases: list[str],
+    ) -> tuple[Signature, dict[str, np.ndarray]] | None:
+        """The structured twin and its inputs to run a flat request on instead, if it can."""
+        twin = servable.twin_of.get(signature.name) if self._structured_dedup else None
+        if twin is None:
+            return None
+        target = servable.signatures[twin.name]
+        usable = all(a in target.outputs for a in aliases) and all(
+            (dtype := servable.feed_dtype(signature.inputs[a])) is None
+            or dtype.numpy == array.dtype
+            for a, array in arrays.items()
+        )
+        deduped = structured.dedup(twin, arrays) if usable else None
+        if self._metrics is not None:
+            result = "miss" if deduped is None else "hit"
+            self._metrics.structured_dedup.labels(servable.name, signature.name, result).inc()
+        return None if deduped is None else (target, deduped)
 
     def predict_signature(self, spec: ModelSpec) -> Signature:
         """The signature a Predict would run (REST needs input dtypes before parsing JSON)."""
@@ -128,9 +166,10 @@ class Service:
             )
 
     @staticmethod
-    def _feeds(
+    def _inputs(
         signature: Signature, inputs: Mapping[str, Any], decode: Decode
     ) -> dict[str, np.ndarray]:
+        """The request's arrays by alias (defaults filled in), checked as TF-Serving checks."""
         expected = signature.inputs
         if len(inputs) > len(expected) or (len(inputs) < len(expected) and not signature.defaults):
             raise InvalidArgument(
@@ -139,17 +178,17 @@ class Service:
                 f"Sent extra: {{{_sorted_set(set(inputs) - set(expected))}}}. "
                 f"Missing but required: {{{_sorted_set(set(expected) - set(inputs))}}}."
             )
-        feeds: dict[str, np.ndarray] = {}
+        arrays: dict[str, np.ndarray] = {}
         used = []
         for alias, tensor_name in expected.items():
             if alias in inputs:
                 used.append(alias)
                 try:
-                    feeds[tensor_name] = decode(inputs[alias])
+                    arrays[alias] = decode(inputs[alias])
                 except codecs.TensorParseError:
                     raise InvalidArgument(f"tensor parsing error: {alias}") from None
             elif alias in signature.defaults:
-                feeds[tensor_name] = signature.defaults[alias]
+                arrays[alias] = signature.defaults[alias]
             else:
                 raise InvalidArgument(
                     f"Signature input alias: {alias}(feed name: {tensor_name}) not found in "
@@ -162,7 +201,7 @@ class Service:
                 f"Inputs contains invalid name. Used request inputs: {','.join(sorted(used))}, "
                 f"request input: {_sorted_set(inputs)}"
             )
-        return feeds
+        return arrays
 
     @staticmethod
     def _fetches(signature: Signature, output_filter: Sequence[str]) -> tuple[list[str], list[str]]:

@@ -89,6 +89,12 @@ class Settings:
         False, "Predict outputs as tensor_content instead of typed fields"
     )
 
+    # ------------------------------------------------------------------ tfrec's own flags
+    structured_dedup: str = flag(
+        "auto",
+        "auto: run flat requests whose user inputs repeat one row on the structured twin; off",
+    )
+
     def session_threads(self) -> tuple[int, int]:
         """(intra_op, inter_op) threads as TF-Serving derives them; 0 means TF's default."""
         if self.tensorflow_session_parallelism > 0:
