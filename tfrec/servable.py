@@ -27,6 +27,7 @@ from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
 from tensorflow.python.util import deprecation
 
 from tfrec import codecs, structured
+from tfrec.batching import Batcher, Batching
 from tfrec.errors import InvalidArgument, ServingError, from_tf_error
 from tfrec.runner import Runner
 
@@ -90,6 +91,8 @@ class Servable:
         self._session = session
         self._callables: dict[tuple[tuple[str, ...], tuple[str, ...]], Runner] = {}
         self._lock = threading.Lock()
+        # Server-side batching (--enable_batching): None means `run` goes straight to TF.
+        self._batcher: Batcher | None = None
         # Actual dtypes of the graph tensors: a SignatureDef may declare a different one.
         self._feed_dtypes: dict[str, codecs.DType | None] = {}
         graph = session.graph
@@ -109,8 +112,12 @@ class Servable:
         path: Path,
         tags: Sequence[str],
         session_config: config_pb2.ConfigProto,
+        batching: Batching | None = None,
     ) -> Servable:
-        """Loads `path` the way TF-Serving does; raises ServingError on any failure."""
+        """Loads `path` the way TF-Serving does; raises ServingError on any failure.
+
+        With `batching`, every `run` goes through a batcher on the server's batch threads.
+        """
         started = time.monotonic()
         graph = tf.Graph()
         session = tf.compat.v1.Session(graph=graph, config=session_config)
@@ -128,7 +135,10 @@ class Servable:
             path,
             time.monotonic() - started,
         )
-        return cls(name, version, path, meta_graph, session)
+        servable = cls(name, version, path, meta_graph, session)
+        if batching is not None:
+            servable._batcher = batching.attach(servable)
+        return servable
 
     def feed_dtype(self, tensor_name: str) -> codecs.DType | None:
         """The dtype the graph expects for a feed tensor (None when not representable)."""
@@ -153,7 +163,15 @@ class Servable:
                     )
                 array = array.astype(expected.numpy)
             args.append(array)
-        key = (names, tuple(fetches))
+        if self._batcher is not None:
+            return self._batcher.run(names, args, fetches)
+        return self.run_unbatched(names, args, fetches)
+
+    def run_unbatched(
+        self, names: Sequence[str], args: Sequence[np.ndarray], fetches: Sequence[str]
+    ) -> list[np.ndarray]:
+        """One session run over checked feeds (`names[i]` gets `args[i]`); the batcher's too."""
+        key = (tuple(names), tuple(fetches))
         fn = self._callables.get(key) or self._make_callable(key)
         try:
             results = fn(*args)
@@ -174,7 +192,13 @@ class Servable:
             return fn
 
     def close(self) -> None:
-        """Releases the session and its memory. Only once no request uses the servable."""
+        """Releases the session and its memory. Only once no request uses the servable.
+
+        A batcher first finishes its queued work and stops its queues (and the batch threads
+        with the last queue of the server).
+        """
+        if self._batcher is not None:
+            self._batcher.close()
         with self._lock:
             self._callables.clear()
         self._session.close()
