@@ -20,7 +20,17 @@ import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, regression_pb2
 
 from server.main import StartupError, main
-from tests.conftest import HALF_PLUS_TWO, TESTDATA, Running, start, wait_for
+from tests.conftest import (
+    COUNTER,
+    EXPECTED,
+    HALF_PLUS_TWO,
+    TESTDATA,
+    Running,
+    model_config_text,
+    start,
+    wait_for,
+)
+from tfrec.batching import BatchingOptions
 
 MATRIX = TESTDATA / "matrix_half_plus_two"
 LONG_WAIT_US = 10_000_000  # a batch timeout the tests never reach: only a full batch runs
@@ -48,7 +58,10 @@ def batching_params(**fields: Any) -> str:
 
 @pytest.fixture
 def batching_server(tmp_path: Path) -> Iterator[Callable[..., Running]]:
-    """Factory: a server over `model` with --enable_batching and the given parameters."""
+    """Factory: a server over `model` with --enable_batching and the given parameters.
+
+    The servers still running at the end are stopped.
+    """
     started: list[Running] = []
 
     def factory(model: Path = HALF_PLUS_TWO, name: str = "default", **fields: Any) -> Running:
@@ -63,7 +76,8 @@ def batching_server(tmp_path: Path) -> Iterator[Callable[..., Running]]:
 
     yield factory
     for running in started:
-        running.close()
+        if not running.server._stopped.is_set():
+            running.close()
 
 
 def predict(
@@ -207,6 +221,31 @@ def test_demo_ranking_model_batched_equals_unbatched(
     assert metric(server, BATCH_REQUESTS + "_sum", model_name="demo") == len(candidates)
 
 
+def test_many_clients_with_splitting_each_get_their_own_rows(
+    batching_server: Callable[..., Running],
+) -> None:
+    """8 clients, 2 batch threads, a short timeout, requests split across batches."""
+    server = batching_server(
+        max_batch_size=8,
+        batch_timeout_micros=1000,
+        num_batch_threads=2,
+        max_enqueued_batches=1000,
+        enable_large_batch_splitting=True,
+        max_execution_batch_size=4,
+    )
+
+    def client(seed: int) -> int:
+        rng = np.random.default_rng(seed)
+        for i in range(25):
+            n = int(rng.integers(1, 8))
+            x = (np.arange(n) + 1000 * seed + 10 * i).astype(np.float32).reshape(n, 1)
+            np.testing.assert_array_equal(predict(server, x=x)["y"], 0.5 * x + 2)
+        return 25
+
+    assert concurrently([lambda s=s: client(s) for s in range(8)]) == [25] * 8
+    assert metric(server, BATCH_REQUESTS + "_sum") >= 8 * 25
+
+
 # --------------------------------------------------------------------------- limits
 
 
@@ -312,8 +351,10 @@ def test_pad_variable_length_inputs_pads_with_the_first_value(
 # --------------------------------------------------------------------------- defaults and errors
 
 
-def test_enable_batching_without_file_uses_server_defaults() -> None:
-    server = start(model_name="default", model_base_path=str(HALF_PLUS_TWO), enable_batching=True)
+def test_enable_batching_without_file_uses_server_defaults(tmp_path: Path) -> None:
+    config = tmp_path / "models.config"
+    config.write_text(model_config_text({"default": HALF_PLUS_TWO, "counter": COUNTER}))
+    server = start(model_config_file=str(config), enable_batching=True)
     try:
         x = np.array([[1.0], [2.0]], np.float32)
         np.testing.assert_array_equal(predict(server, x=x)["y"], [[2.5], [3.0]])
@@ -332,9 +373,22 @@ def test_enable_batching_without_file_uses_server_defaults() -> None:
         assert [r.value for r in regressions] == [3.0, 4.0]
         assert metric(server, RUNS, thread_pool_name="model_server_batch_threads") == 2
         assert batch_threads("model_server_batch_threads")
+        # As in TF-Serving, a signature without inputs cannot be batched.
+        with pytest.raises(grpc.RpcError) as no_inputs:
+            predict(server, "get_counter", name="counter")
+        assert no_inputs.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert no_inputs.value.details() == "Batching Run() must have at least one input tensor"
     finally:
         server.close()
     assert not batch_threads("model_server_batch_threads")
+
+
+def test_tf_serving_example_parameters_file_parses() -> None:
+    options = BatchingOptions.read(str(EXPECTED / "batching_config.txt"))
+    assert (options.max_batch_size, options.batch_timeout_micros) == (128, 0)
+    assert (options.max_enqueued_batches, options.num_batch_threads) == (1_000_000, 8)
+    assert options.max_execution_batch_size == 128
+    assert options.thread_pool_name == "batch_threads"  # SharedBatchScheduler's default
 
 
 @pytest.mark.parametrize(
