@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -125,43 +126,39 @@ def main(argv: list[str] | None = None) -> int:
         _validate(settings)
         tune_malloc()
         server = Server(settings)
-        server.start()
-        signals.serving()
+        server.start(stop_requested=signals.received)
+        signals.wait()
         log.info("Received a shutdown signal: draining requests in flight")
     except StartupError as err:
-        print(f"Failed to start server. Error: {err}", file=sys.stderr)
-        return 255
-    except _Shutdown:
+        if not signals.received():
+            print(f"Failed to start server. Error: {err}", file=sys.stderr)
+            return 255
         log.info("Received a shutdown signal while starting: stopping")
     if server is not None:
         server.stop()
     return 0
 
 
-class _Shutdown(Exception):
-    """SIGTERM/SIGINT arrived before the server was serving."""
-
-
 class _Signals:
-    """SIGTERM and SIGINT, from the first moment: during start-up they abort it (through
-    `_Shutdown` in the main thread); once serving, `serving()` blocks until one arrives."""
+    """SIGTERM and SIGINT, from the first moment. The handler only sets a flag (no locks: it
+    runs in the main thread, which may hold any of them); start-up polls it, `wait` blocks on it.
+    """
 
     def __init__(self) -> None:
-        self._received = threading.Event()
-        self._serving = False
+        self._received = False
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame: object) -> None:
-        if not self._serving:
-            raise _Shutdown
-        self._received.set()
+        self._received = True
 
-    def serving(self) -> None:
+    def received(self) -> bool:
+        return self._received
+
+    def wait(self) -> None:
         """Blocks the main thread until SIGTERM or SIGINT."""
-        self._serving = True
-        while not self._received.wait(0.5):
-            pass
+        while not self._received:
+            time.sleep(0.2)
 
 
 class Server:
@@ -178,7 +175,8 @@ class Server:
         self.manager: Any = None
         self._watcher: threading.Thread | None = None
 
-    def start(self) -> None:
+    def start(self, stop_requested: Callable[[], bool] = lambda: False) -> None:
+        """Loads every model, then opens the ports; `stop_requested` aborts a long start-up."""
         # Imported here: TensorFlow reads its environment when it is first imported.
         from tfrec import config as config_lib
         from tfrec.errors import ServingError
@@ -237,7 +235,7 @@ class Server:
                 model_config = config_lib.read_file(s.model_config_file)
             else:
                 model_config = config_lib.single_model(s.model_name, s.model_base_path)
-            self.manager.reload_config(model_config, initial=True)
+            self.manager.reload_config(model_config, initial=True, abort=stop_requested)
         except ServingError as err:
             self.manager.close()
             raise StartupError(f"{err.code.name}: {err.message}") from err

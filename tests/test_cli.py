@@ -40,6 +40,7 @@ class Process:
             stderr=subprocess.STDOUT,
             text=True,
         )
+        self._seen: list[str] = []
 
     def wait_port(self, port: int, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -51,9 +52,31 @@ class Process:
             time.sleep(0.1)
         raise AssertionError(f"port {port} did not open:\n{self.stop()}")
 
+    def wait_output(self, text: str, timeout: float = 60) -> None:
+        """Reads the server's output until a line contains `text`."""
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self._seen.append(line)
+            if text in line:
+                return
+        raise AssertionError(f"no {text!r} in the output:\n{''.join(self._seen)}")
+
     def output(self) -> str:
         assert self.proc.stdout is not None
-        return self.proc.stdout.read()
+        return "".join(self._seen) + self.proc.stdout.read()
+
+    def wait_exit(self, timeout: float = 60) -> str:
+        """Waits for the process to exit on its own (after a signal the test sent)."""
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError(f"the server did not exit:\n{self.output()}") from None
+        return self.output()
 
     def stop(self, sig: int = signal.SIGTERM) -> str:
         if self.proc.poll() is None:
@@ -110,15 +133,15 @@ def test_port_opens_only_after_the_first_version_loads(tmp_path: Path) -> None:
         "--file_system_poll_wait_seconds=1",
     )
     try:
-        time.sleep(4)  # TensorFlow is imported and the base path polled: still no version
+        server.wait_output("No versions of servable m found under base path")
+        time.sleep(1)
         assert server.proc.poll() is None
         assert not port_open(port)
         shutil.copytree(TWO_VERSIONS / "00000123", base / "00000123")
         server.wait_port(port)
     finally:
         output = server.stop(signal.SIGINT)
-    assert "No versions of servable m found under base path" in output
-    assert server.proc.returncode == 0
+    assert server.proc.returncode == 0, output
 
 
 @pytest.mark.parametrize(

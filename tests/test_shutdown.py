@@ -88,7 +88,7 @@ def test_signal_under_load_loses_no_request_in_flight(tmp_path: Path, sig: int) 
         server.proc.send_signal(sig)
         for client in clients:
             client.join(60)
-    output = server.stop()
+    output = server.wait_exit()
     assert results == [(64, 256)] * 4, output
     assert server.proc.returncode == 0, output
     assert "draining requests in flight" in output and "Server stopped" in output

@@ -208,6 +208,7 @@ class Manager:
         *,
         initial: bool = False,
         timeout_s: float | None = None,
+        abort: Callable[[], bool] | None = None,
     ) -> None:
         """Replaces the model list (ServerCore::ReloadConfig) and waits for new models.
 
@@ -223,7 +224,8 @@ class Manager:
             added = self._install(configs, labels)
             self.poll()
             if added:
-                self._await_available(added, "servable(s)" if initial else "model(s)", timeout_s)
+                noun = "servable(s)" if initial else "model(s)"
+                self._await_available(added, noun, timeout_s, abort)
 
     def _check_labels(self, configs: list[config_lib.ModelConfig]) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -267,7 +269,13 @@ class Manager:
             self._reconcile(model, {})
         return added
 
-    def _await_available(self, names: list[str], noun: str, timeout_s: float | None) -> None:
+    def _await_available(
+        self,
+        names: list[str],
+        noun: str,
+        timeout_s: float | None,
+        abort: Callable[[], bool] | None = None,
+    ) -> None:
         """Waits like ServableStateMonitor for Latest(name): until each model's highest aspired
         version is AVAILABLE (success) or END (failure). No version yet means keep waiting."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -285,6 +293,8 @@ class Manager:
                         failed.append((name, latest))
                 if not pending:
                     break
+                if abort is not None and abort():
+                    raise ServingError("Stopped while waiting for models to load", Code.CANCELLED)
                 if deadline is not None and time.monotonic() >= deadline:
                     raise ServingError(
                         f"Timed out waiting for models to become available: {pending}",
@@ -293,7 +303,7 @@ class Manager:
                 if time.monotonic() - last_log > 10:
                     log.info("Still waiting for models to become available: %s", pending)
                     last_log = time.monotonic()
-                self._cond.wait(1.0)
+                self._cond.wait(0.2)
         if failed:
             parts = "".join(
                 f"{{{{name: {name} version: {h.version}}}{_due_to(h.error)}}}, "
