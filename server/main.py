@@ -316,8 +316,13 @@ class Server:
             return
         from server.rest import RestServer
 
-        self._rest = RestServer(self.service, self.metrics, s, self.prometheus_path)
-        self.rest_port = self._rest.start()
+        rest = RestServer(self.service, self.metrics, s, self.prometheus_path)
+        try:
+            self.rest_port = rest.start()
+        except OSError as err:  # as TF-Serving: logged, gRPC keeps serving
+            log.error("Failed to start HTTP Server at localhost:%d: %s", s.rest_api_port, err)
+            return
+        self._rest = rest
         log.info("Exporting HTTP/REST API at:localhost:%d ...", self.rest_port)
 
     def _watch_config_file(self) -> None:

@@ -1,0 +1,176 @@
+"""REST routes: TF-Serving's URL grammar and one function per endpoint over the core Service.
+
+`parse_route` reads a request line as TF-Serving's `ParseModelInfo` does: the method picks one
+case-insensitive regex, which must match the whole raw, still percent-encoded target (query
+string included: TF-Serving's `uri_path()` carries it), then the model name and label are
+URL-decoded (`+` stays `+`). `handle` turns a Route and its body into a Reply: the same
+ModelSpec a gRPC request carries, one core Service call, the JSON from `json_codec`, and
+TF-Serving's `{ "error": ... }` body on failure. Blocking; the REST server runs it on a worker
+thread. Nothing here knows aiohttp.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from collections.abc import Callable
+from urllib.parse import unquote_to_bytes
+
+from tensorflow_serving.apis import model_pb2
+
+from server import json_codec
+from tfrec.errors import Code, InvalidArgument, ServingError
+from tfrec.service import Service
+
+log = logging.getLogger(__name__)
+
+_FLAGS = re.IGNORECASE | re.ASCII
+_VERSION_OR_LABEL = r"(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
+PREDICT_PATH = re.compile(
+    r"/v1/models/([^/:]+)" + _VERSION_OR_LABEL + r":(classify|regress|predict)", _FLAGS
+)
+STATUS_PATH = re.compile(
+    r"/v1/models(?:/([^/:]+))?" + _VERSION_OR_LABEL + r"(?:/(metadata))?", _FLAGS
+)
+_INT64_MAX = 2**63 - 1
+
+Body = Callable[[], bytes]
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """A parsed request line. `matched` is False when no regex matched (a malformed URL)."""
+
+    http_method: str
+    path: str
+    matched: bool = False
+    model: str = ""
+    version: str = ""  # the digits as written; converted when the ModelSpec is built
+    label: str | None = None
+    method: str = ""  # classify|regress|predict in the case it was written; "" for GETs
+    subresource: str = ""
+
+    def model_spec(self) -> model_pb2.ModelSpec:
+        spec = model_pb2.ModelSpec(name=self.model)
+        if self.version:
+            version = int(self.version)
+            if version > _INT64_MAX:
+                raise InvalidArgument(f"Failed to convert version: {self.version} to numeric.")
+            spec.version.value = version
+        if self.label is not None:
+            spec.version_label = self.label
+        return spec
+
+
+@dataclasses.dataclass(frozen=True)
+class Reply:
+    """What a REST request answers: its code (HTTP status via http_status), body, and the
+    model and API it is counted under in the request metrics."""
+
+    code: Code
+    body: bytes
+    model: str = ""
+    api: str = ""
+
+
+def _unescape(text: str) -> str:
+    """curl_easy_unescape: %XX decoded, anything else (`+`, stray `%`) kept."""
+    raw = unquote_to_bytes(text.encode("utf-8", "surrogateescape"))
+    return raw.decode("utf-8", "replace")
+
+
+def parse_route(http_method: str, path: str) -> Route:
+    """Matches `path` (the raw request target) as ParseModelInfo does."""
+    if http_method == "POST":
+        match = PREDICT_PATH.fullmatch(path)
+    elif http_method == "GET":
+        match = STATUS_PATH.fullmatch(path)
+    else:
+        return Route(http_method, path)
+    if match is None:
+        return Route(http_method, path)
+    name, version, label, last = match.groups()
+    method, subresource = (last, "") if http_method == "POST" else ("", last or "")
+    return Route(
+        http_method,
+        path,
+        matched=True,
+        model=_unescape(name) if name else "",
+        version=version or "",
+        label=_unescape(label) if label else None,
+        method=method,
+        subresource=subresource,
+    )
+
+
+def handle(service: Service, route: Route, body: Body) -> Reply:
+    """Answers one request; `body()` gives the (decompressed) request body when needed."""
+    try:
+        spec = route.model_spec()
+    except ServingError as err:  # TF-Serving returns before it builds the JSON error
+        return Reply(err.code, b"", route.model, route.method)
+    try:
+        return Reply(Code.OK, _dispatch(service, route, spec, body), route.model, route.method)
+    except ServingError as err:
+        return Reply(err.code, json_codec.error_body(err.message), route.model, route.method)
+    except Exception as err:
+        log.exception("REST %s %s failed", route.http_method, route.path)
+        message = f"{type(err).__name__}: {err}"
+        return Reply(Code.INTERNAL, json_codec.error_body(message), route.model, route.method)
+
+
+def _dispatch(service: Service, route: Route, spec: model_pb2.ModelSpec, body: Body) -> bytes:
+    if route.matched and route.http_method == "POST":
+        endpoint = _POST_ENDPOINTS.get(route.method)  # the suffix is compared case-sensitively
+        if endpoint is not None:
+            return endpoint(service, spec, body())
+    elif route.matched and route.http_method == "GET":
+        if not route.model:
+            raise InvalidArgument("Missing model name in request.")
+        if route.subresource == "metadata":
+            return metadata(service, spec)
+        return status(service, spec)
+    raise InvalidArgument(f"Malformed request: {route.http_method} {route.path}")
+
+
+# ----------------------------------------------------------------------------- endpoints
+
+
+def predict(service: Service, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
+    doc = json_codec.parse_body(body)
+    spec.signature_name = json_codec.predict_signature_name(doc)
+    signature = service.predict_signature(spec)
+    dtypes = {alias: info.dtype for alias, info in signature.definition.inputs.items()}
+    inputs, row_format = json_codec.predict_inputs(doc, dtypes)
+    _, outputs = service.predict(spec, inputs)
+    return json_codec.predict_response(outputs, row_format)
+
+
+def classify(service: Service, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
+    spec.signature_name, data = json_codec.classify_regress_request(json_codec.parse_body(body))
+    _, result = service.classify(spec, data)
+    return json_codec.classify_response(result)
+
+
+def regress(service: Service, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
+    spec.signature_name, data = json_codec.classify_regress_request(json_codec.parse_body(body))
+    _, result = service.regress(spec, data)
+    return json_codec.regress_response(result)
+
+
+def status(service: Service, spec: model_pb2.ModelSpec) -> bytes:
+    """GetModelStatus; a version label is ignored (all versions are listed)."""
+    return json_codec.status_json(service.model_status(spec))
+
+
+def metadata(service: Service, spec: model_pb2.ModelSpec) -> bytes:
+    out_spec, signature_defs = service.model_metadata(spec, ["signature_def"])
+    return json_codec.metadata_json(out_spec, signature_defs)
+
+
+_POST_ENDPOINTS: dict[str, Callable[[Service, model_pb2.ModelSpec, bytes], bytes]] = {
+    "predict": predict,
+    "classify": classify,
+    "regress": regress,
+}
