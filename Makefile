@@ -17,8 +17,13 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The demo ranking model, converted: serving_default plus its structured twin
+# serving_default_structured (user features once, items N times).
 $(MODELS)/demo/1/saved_model.pb: | $(STAMP)
-	$(PY) -m server.demo_model $(MODELS)/demo
+	rm -rf $(MODELS)/.demo-original $(MODELS)/demo
+	$(PY) -m server.demo_model $(MODELS)/.demo-original
+	$(VENV)/bin/tfrec-convert $(MODELS)/.demo-original/1 $(MODELS)/demo/1 \
+		--user-inputs user_id,user_dense
 
 demo-model: $(MODELS)/demo/1/saved_model.pb
 

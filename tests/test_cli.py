@@ -207,14 +207,18 @@ def test_version_and_help() -> None:
         assert name in result.stderr
 
 
-def test_readme_quick_start_snippet(tmp_path: Path) -> None:
-    """The README's client snippet returns scores from the demo model `make serve` serves."""
+def test_readme_quick_start_snippets(tmp_path: Path) -> None:
+    """The README's client snippets return scores from the converted demo model that
+    `make serve` serves: flat (stock client) and structured (tfrec.client), equal."""
+    from saved_model_tools import convert
+
     subprocess.run(
-        [sys.executable, "-m", "server.demo_model", str(tmp_path / "demo")],
+        [sys.executable, "-m", "server.demo_model", str(tmp_path / "original")],
         cwd=ROOT,
         check=True,
         capture_output=True,
     )
+    convert(tmp_path / "original" / "1", tmp_path / "demo" / "1", ["user_id", "user_dense"])
     port = free_port()
     server = Process(
         f"--port={port}", "--model_name=demo", f"--model_base_path={tmp_path / 'demo'}"
@@ -222,20 +226,23 @@ def test_readme_quick_start_snippet(tmp_path: Path) -> None:
     try:
         server.wait_port(port)
         readme = (ROOT / "README.md").read_text()
-        snippet = re.search(r"```python\n(.*?)```", readme, re.S)
-        assert snippet is not None
-        code = snippet.group(1).replace("localhost:8500", f"localhost:{port}")
+        snippets = re.findall(r"```python\n(.*?)```", readme, re.S)
+        assert len(snippets) == 2
+        code = "\n".join(snippets).replace("localhost:8500", f"localhost:{port}")
         result = subprocess.run(
             [sys.executable, "-c", code],
             capture_output=True,
             text=True,
             timeout=60,
+            cwd=ROOT,
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
         )
     finally:
         server.stop()
     assert result.returncode == 0, result.stderr
-    first = result.stdout.splitlines()[0]
-    scores = [float(v) for v in first.strip("[]").split()]
-    assert len(scores) == 5 and all(0.0 < s < 1.0 for s in scores)
+    lines = result.stdout.splitlines()
+    flat = [float(v) for v in lines[0].strip("[]").split()]
+    structured = [float(v) for v in lines[-1].strip("[]").split()]
+    assert len(flat) == 5 and all(0.0 < s < 1.0 for s in flat)
+    assert structured == pytest.approx(flat, rel=1e-5)
     assert 'name: "demo"' in result.stdout and "value: 1" in result.stdout
