@@ -7,7 +7,7 @@ MODELS ?= models
 PORT ?= 8500
 REST_PORT ?= 8501
 
-.PHONY: install serve demo-model test lint format bench generate clean
+.PHONY: install serve demo-model test lint format bench bench-smoke generate clean
 
 install: $(STAMP)
 
@@ -46,6 +46,14 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/bench.py
+
+# The bench pipeline at tiny scale in under a minute, on three models that cover the zoo's
+# input kinds (string lookups, a behaviour sequence, two outputs); outputs stay out of benchmarks/.
+BENCH_SMOKE_OUT ?= $(or $(TMPDIR),/tmp)/tfrec-bench-smoke
+bench-smoke: $(STAMP)
+	$(PY) benchmarks/bench.py --scale tiny --models wdl,din,mmoe --n 50 100 --rounds 2 \
+		--seconds-per-case 0.3 --out $(BENCH_SMOKE_OUT) --no-readme
 
 # Protos TF-Serving's pip package lacks (tfrec/protos/*.proto); the generated code is committed.
 generate: $(STAMP)
