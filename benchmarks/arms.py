@@ -1,4 +1,4 @@
-"""The bench's arms and cases: one zoo model at N candidates, four ways, alternating rounds.
+"""The bench's arms and cases: one zoo model at N candidates, five ways, alternating rounds.
 
 An arm runs request i of a fixed set of requests and times it: in process through a session
 callable (`Floor`), or end to end through `tfrec.loadgen` (`Remote`). Before any timing,
@@ -155,11 +155,16 @@ class Case:
         def over(arm: str) -> float | None:
             return floor / p50[arm] if floor and arm in p50 else None
 
+        structured = over("tfrec_structured")
         return {
             "floor_over_tfrec_flat": over("tfrec_flat"),
-            "floor_over_tfrec_structured": over("tfrec_structured"),
+            "floor_over_tfrec_structured": structured,
             "floor_over_floor_structured": over("floor_structured"),
+            "floor_over_tfrec_dedup": over("tfrec_dedup"),
             "flop_ratio": self.flop_ratio,
+            "share_of_ideal": structured / self.flop_ratio
+            if structured and self.flop_ratio
+            else None,
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -201,6 +206,9 @@ def model_arms(
         arms["tfrec_structured"] = remote
         arms["floor_structured"] = Floor(structured, STRUCTURED, batches)
         sizes["structured"] = len(remote.bodies[0])
+        # (e) an unchanged client: flat requests to the converted model, which tfrec's
+        # --structured_dedup (on by default) runs on the structured twin.
+        arms["tfrec_dedup"] = Remote(address, model, FLAT, flat)
     return arms, sizes
 
 

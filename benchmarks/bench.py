@@ -146,16 +146,17 @@ def _x(ratio: float | None) -> str:
 
 
 def case_table(result: dict) -> str:
-    """The README table: medians per arm (ms) and ratios over the TF-Serving floor."""
+    """The README tables: medians per arm (ms) and ratios over the TF-Serving floor, then the
+    structured-features summary at the largest N."""
     lines = [
         f"Run {result['date']} on {result['machine']} (shared with other engineers' jobs), "
         f"Python {result['python']}, TensorFlow {result['tensorflow']}, {result['scale']} "
         f"scale, {result['seconds']:.0f} s. Command: `{result['command']}`.",
         "",
         "| model | N | request KB flat / struct. | (a) floor flat | (b) tfrec flat |"
-        " (c) tfrec struct. | (d) floor struct. | a/b | a/c | a/d | FLOPs flat/struct. |"
-        " max abs diff |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        " (c) tfrec struct. | (d) floor struct. | (e) tfrec dedup | a/b | a/c | a/d | a/e |"
+        " FLOPs flat/struct. | max abs diff |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in result["cases"]:
         arms, r, size = c["arms"], c["ratios"], c["request_bytes"]
@@ -166,15 +167,42 @@ def case_table(result: dict) -> str:
         lines.append(
             f"| {c['model']} | {c['n']} | {kb} | {_ms(arms.get('floor_flat'))} | "
             f"{_ms(arms.get('tfrec_flat'))} | {_ms(arms.get('tfrec_structured'))} | "
-            f"{_ms(arms.get('floor_structured'))} | {_x(r['floor_over_tfrec_flat'])} | "
-            f"{_x(r['floor_over_tfrec_structured'])} | {_x(r['floor_over_floor_structured'])} | "
+            f"{_ms(arms.get('floor_structured'))} | {_ms(arms.get('tfrec_dedup'))} | "
+            f"{_x(r['floor_over_tfrec_flat'])} | {_x(r['floor_over_tfrec_structured'])} | "
+            f"{_x(r['floor_over_floor_structured'])} | {_x(r.get('floor_over_tfrec_dedup'))} | "
             f"{_x(r['flop_ratio'])} | {diff:.1e} |"
         )
     n = {arm: s["n"] for c in result["cases"] for arm, s in c["arms"].items()}
     lines += ["", f"Median latency in ms over {min(n.values(), default=0)}+ requests per arm "
               "and case; a/x = how many times faster than TF-Serving's floor (a)."]  # fmt: skip
     lines += [f"Note: {note}." for note in result["notes"]]
-    return "\n".join(lines)
+    return "\n".join([*lines, "", *summary_table(result)])
+
+
+def summary_table(result: dict) -> list[str]:
+    """Issue 5's figures at each model's largest N: structured speedup over the floor, the
+    ideal FLOP ratio, their quotient, request bytes, and the dedup path for unchanged clients."""
+    largest: dict[str, dict] = {}
+    for c in result["cases"]:
+        if c["n"] >= largest.get(c["model"], {"n": -1})["n"]:
+            largest[c["model"]] = c
+    lines = [
+        "| model (N) | structured speedup a/c | ideal FLOP ratio | share of ideal |"
+        " request bytes flat -> structured | dedup speedup a/e | dedup / structured |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for model, c in largest.items():
+        r, size = c["ratios"], c["request_bytes"]
+        structured, dedup = r["floor_over_tfrec_structured"], r.get("floor_over_tfrec_dedup")
+        share = r.get("share_of_ideal")
+        half = dedup / structured if dedup and structured else None
+        after = f"{size['structured']:,}" if "structured" in size else "-"
+        lines.append(
+            f"| {model} ({c['n']}) | {_x(structured)} | {_x(r['flop_ratio'])} | "
+            f"{f'{share:.0%}' if share else '-'} | {size['flat']:,} -> {after} | "
+            f"{_x(dedup)} | {f'{half:.0%}' if half else '-'} |"
+        )
+    return lines
 
 
 def log(text: str) -> None:
