@@ -47,6 +47,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/bench.py
+	$(PY) benchmarks/lanes.py
 
 # The bench pipeline at tiny scale in under a minute, on three models that cover the zoo's
 # input kinds (string lookups, a behaviour sequence, two outputs); outputs stay out of benchmarks/.

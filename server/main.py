@@ -53,6 +53,7 @@ def _validate(settings: flags.Settings) -> None:
         )
     if settings.structured_dedup not in ("auto", "off"):
         raise invalid(f"--structured_dedup must be auto or off, got {settings.structured_dedup}")
+    _validate_lanes(settings)
     if (
         settings.tensorflow_session_parallelism > 0
         and settings.tensorflow_intra_op_parallelism > 0
@@ -63,6 +64,33 @@ def _validate(settings: flags.Settings) -> None:
             "(server_options.tensorflow_intra_op_parallelism, "
             "server_options.tensorflow_inter_op_parallelism) separately. You cannot configure all."
         )
+
+
+def _validate_lanes(settings: flags.Settings) -> None:
+    from tfrec import affinity
+
+    if settings.session_run_mode not in ("auto", "pool", "inline"):
+        raise StartupError(
+            "INVALID_ARGUMENT: --session_run_mode must be auto, pool or inline, got "
+            f"{settings.session_run_mode}"
+        )
+    k = settings.session_num_per_group
+    if k < 1:
+        raise StartupError(f"INVALID_ARGUMENT: --session_num_per_group must be >= 1, got {k}")
+    if settings.select_session_policy not in ("reserve", "least_work"):
+        raise StartupError(
+            "INVALID_ARGUMENT: --select_session_policy must be reserve or least_work, got "
+            f"{settings.select_session_policy}"
+        )
+    if settings.session_group_queue_capacity < 1:
+        raise StartupError("INVALID_ARGUMENT: --session_group_queue_capacity must be >= 1")
+    if settings.session_group_cpusets:
+        if not affinity.supported():
+            raise StartupError("UNIMPLEMENTED: --session_group_cpusets needs Linux")
+        try:
+            affinity.parse_cpusets(settings.session_group_cpusets, k)
+        except affinity.CpusetError as err:
+            raise StartupError(f"INVALID_ARGUMENT: --session_group_cpusets: {err}") from err
 
 
 def tune_malloc() -> None:
@@ -114,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname).1s %(name)s] %(message)s"
     )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    if settings.own_intra_pools():
+        # TF reads it once, when it creates its first device: a pool per device, not one global.
+        os.environ["TF_OVERRIDE_GLOBAL_THREADPOOL"] = "1"
+    if settings.use_multi_stream:
+        os.environ.setdefault("TF_GPU_THREAD_MODE", "gpu_private")  # launch threads per GPU
     if settings.version:
         print(_version_text())
         return 0
@@ -182,6 +215,7 @@ class Server:
         from tfrec.errors import ServingError
         from tfrec.manager import Manager
         from tfrec.metrics import Metrics
+        from tfrec.runner import INLINE, POOLED
         from tfrec.servable import Servable, session_config
         from tfrec.service import Service
         from tfrec.warmup import warm_up
@@ -193,11 +227,24 @@ class Server:
         tf_config = session_config(intra, inter, s.tensorflow_session_config_file)
         tags = s.tags
         batching = self._batching() if s.enable_batching else None
+        lanes = self._lanes() if s.session_group() else None
+        if s.use_per_session_threads and lanes is None:
+            tf_config.use_per_session_threads = True
+        run_mode = {"auto": None, "pool": POOLED, "inline": INLINE}[s.session_run_mode]
 
         def load(name: str, version: int, path):  # type: ignore[no-untyped-def]
             started = time.perf_counter()
             try:
-                servable = Servable.load(name, version, path, tags, tf_config, batching=batching)
+                servable = Servable.load(
+                    name,
+                    version,
+                    path,
+                    tags,
+                    tf_config,
+                    batching=batching,
+                    lanes=lanes,
+                    run_mode=run_mode,
+                )
             except ServingError:
                 self.metrics.load_attempt_count.labels(str(path), "fail").inc()
                 raise
@@ -263,6 +310,41 @@ class Server:
             raise StartupError(f"{err.code.name}: {err.message}") from err
         log.info("Batching requests with %s", options)
         return Batching(options, self.metrics)
+
+    def _lanes(self):  # type: ignore[no-untyped-def]
+        """--session_num_per_group and friends: how every model version's lanes are built."""
+        import tensorflow as tf
+
+        from tfrec.lanes import Lanes
+        from tfrec.session_group import OVERRIDE_ENV, GroupOptions
+
+        s = self.settings
+        gpu = s.use_multi_stream and bool(tf.config.list_physical_devices("GPU"))
+        if s.use_multi_stream and not gpu:
+            log.warning(
+                "--use_multi_stream: no GPU is visible; lanes run on logical CPU devices "
+                "through the same code (replicas, dense variables copied per lane)"
+            )
+        if os.environ.get(OVERRIDE_ENV) != "1":
+            log.warning("%s is not 1: lanes may share TensorFlow's intra-op pool", OVERRIDE_ENV)
+        intra, inter = s.session_threads()
+        options = GroupOptions.resolve(
+            s.session_num_per_group,
+            intra,
+            inter,
+            per_session_threads=s.use_per_session_threads,
+            cpusets=s.session_group_cpusets,
+            multi_stream=s.use_multi_stream,
+            gpu=gpu,
+        )
+        lanes = Lanes(
+            options,
+            capacity=s.session_group_queue_capacity,
+            policy=s.select_session_policy,
+            metrics=self.metrics,
+        )
+        log.info("SessionGroup: %s", lanes.describe())
+        return lanes
 
     def _start_grpc(self) -> None:
         from server.grpc_server import (

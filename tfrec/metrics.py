@@ -149,6 +149,37 @@ class Metrics:
             ["model_name"],
             registry=r,
         )
+        # SessionGroup lanes (--session_num_per_group > 1); lane numbers are per model.
+        self.lane_in_flight = Gauge(
+            n("/tfrec/lane_in_flight"),
+            "Session runs in flight on each lane (running or queued in its pool).",
+            ["model_name", "lane"],
+            registry=r,
+        )
+        self.lane_work_in_flight = Gauge(
+            n("/tfrec/lane_work_in_flight"),
+            "Estimated work (in microseconds) of the session runs in flight on each lane.",
+            ["model_name", "lane"],
+            registry=r,
+        )
+        self.lane_requests = Counter(
+            n("/tfrec/lane_requests"),
+            "Session runs dispatched to each lane, by estimated weight (light or heavy).",
+            ["model_name", "lane", "weight"],
+            registry=r,
+        )
+        self.lane_rejections = Counter(
+            n("/tfrec/lane_rejections"),
+            "Session runs refused with RESOURCE_EXHAUSTED: every lane open to them was full.",
+            ["model_name"],
+            registry=r,
+        )
+        self.lane_threads = Gauge(
+            n("/tfrec/lane_threads"),
+            "Threads of each lane's pools (inter_op, intra_op), by model version and lane.",
+            ["model_name", "version", "lane", "pool"],
+            registry=r,
+        )
 
     def observe_request(
         self, model: str, api: str, entrypoint: str, code: Code, latency_s: float

@@ -9,6 +9,9 @@ experts) 3.7 ms against 2.2 ms, and DIEN's GRU loop 13.9 ms against 10.1 ms.
 
 So a Runner times both modes on its first live calls, alternating, and then keeps the faster
 one for good: never slower than TensorFlow's default by more than the trial's noise.
+
+A SessionGroup lane (`tfrec.lanes`) builds its Runners with `pool=i`: they always run on the
+lane's inter-op pool i (inline execution would leave the lane: it is never tried).
 """
 
 from __future__ import annotations
@@ -41,13 +44,18 @@ class Runner:
         trials: int = 16,
         label: str = "",
         mode: int | None = None,
+        pool: int | None = None,
     ) -> None:
         self._fns: list[Callable[..., Any]] = []
-        for inline in (False, True):
+        for inline in (False, True) if pool is None else (False,):
             options = config_pb2.CallableOptions(feed=feeds, fetch=fetches)
             if inline:
                 options.run_options.inter_op_thread_pool = -1
+            elif pool is not None:
+                options.run_options.inter_op_thread_pool = pool
             self._fns.append(session._make_callable_from_options(options))
+        if pool is not None:
+            mode = POOLED
         self._trials = trials
         self._times: tuple[list[float], list[float]] = ([], [])
         self._lock = threading.Lock()

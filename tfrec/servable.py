@@ -7,6 +7,9 @@ use (`tfrec.runner` picks TF's inter-op pool or the calling thread by measuring 
 callable run costs 5-20 us of Python, against ~160 us for `Session.run`, and it does no
 Python-side shape checks (TF-Serving does none either).
 
+With `--session_num_per_group` > 1 (`lanes`), the session is a SessionGroup's and every run
+goes to one of its lanes (`tfrec.lanes`); without it nothing on the request path changes.
+
 Thread-safety: `run` may be called from any number of threads at once (TensorFlow sessions
 are thread-safe, and callables are created under a lock). `close` must only be called once
 no request holds the servable any more (the manager's lease guarantees it).
@@ -29,6 +32,7 @@ from tensorflow.python.util import deprecation
 from tfrec import codecs, structured
 from tfrec.batching import Batcher, Batching
 from tfrec.errors import InvalidArgument, ServingError, from_tf_error
+from tfrec.lanes import LaneGroup, Lanes
 from tfrec.runner import Runner
 
 log = logging.getLogger(__name__)
@@ -93,6 +97,10 @@ class Servable:
         self._lock = threading.Lock()
         # Server-side batching (--enable_batching): None means `run` goes straight to TF.
         self._batcher: Batcher | None = None
+        # SessionGroup lanes (--session_num_per_group > 1): None means one plain session.
+        self.lanes: LaneGroup | None = None
+        # --session_run_mode: a fixed Runner mode, or None to time both (the default).
+        self._run_mode: int | None = None
         # Actual dtypes of the graph tensors: a SignatureDef may declare a different one.
         self._feed_dtypes: dict[str, codecs.DType | None] = {}
         graph = session.graph
@@ -113,21 +121,34 @@ class Servable:
         tags: Sequence[str],
         session_config: config_pb2.ConfigProto,
         batching: Batching | None = None,
+        lanes: Lanes | None = None,
+        run_mode: int | None = None,
     ) -> Servable:
         """Loads `path` the way TF-Serving does; raises ServingError on any failure.
 
         With `batching`, every `run` goes through a batcher on the server's batch threads.
+        With `lanes`, the version is a SessionGroup and every run goes to one of its lanes.
+        `run_mode` fixes how runs without lanes execute (`tfrec.runner`); None times both.
         """
         started = time.monotonic()
-        graph = tf.Graph()
-        session = tf.compat.v1.Session(graph=graph, config=session_config)
-        try:
-            with graph.as_default(), deprecation.silence():
-                meta_graph = tf.compat.v1.saved_model.loader.load(session, list(tags), str(path))
-        except Exception as err:
-            session.close()
-            raise ServingError(f"Failed to load SavedModel at {path}: {_one_line(err)}") from err
-        graph.finalize()
+        group = None
+        if lanes is not None:
+            group = lanes.load(name, version, path, tags, session_config)
+            session, meta_graph = group.session, group.group.meta_graph
+        else:
+            graph = tf.Graph()
+            session = tf.compat.v1.Session(graph=graph, config=session_config)
+            try:
+                with graph.as_default(), deprecation.silence():
+                    meta_graph = tf.compat.v1.saved_model.loader.load(
+                        session, list(tags), str(path)
+                    )
+            except Exception as err:
+                session.close()
+                raise ServingError(
+                    f"Failed to load SavedModel at {path}: {_one_line(err)}"
+                ) from err
+            graph.finalize()
         log.info(
             "Loaded servable version {name: %s version: %d} from %s in %.2f s",
             name,
@@ -136,6 +157,8 @@ class Servable:
             time.monotonic() - started,
         )
         servable = cls(name, version, path, meta_graph, session)
+        servable.lanes = group
+        servable._run_mode = run_mode
         if batching is not None:
             servable._batcher = batching.attach(servable)
         return servable
@@ -172,6 +195,8 @@ class Servable:
     ) -> list[np.ndarray]:
         """One session run over checked feeds (`names[i]` gets `args[i]`); the batcher's too."""
         key = (tuple(names), tuple(fetches))
+        if self.lanes is not None:
+            return self.lanes.run(key, args)
         fn = self._callables.get(key) or self._make_callable(key)
         try:
             results = fn(*args)
@@ -185,7 +210,7 @@ class Servable:
             if fn is None:
                 label = f"{self.name} v{self.version} fetching {','.join(key[1])}"
                 try:
-                    fn = Runner(self._session, key[0], key[1], label=label)
+                    fn = Runner(self._session, key[0], key[1], label=label, mode=self._run_mode)
                 except tf.errors.OpError as err:
                     raise from_tf_error(err) from None
                 self._callables[key] = fn
@@ -201,7 +226,10 @@ class Servable:
             self._batcher.close()
         with self._lock:
             self._callables.clear()
-        self._session.close()
+        if self.lanes is not None:
+            self.lanes.close()  # closes the session
+        else:
+            self._session.close()
 
 
 def _one_line(err: Exception) -> str:

@@ -94,12 +94,45 @@ class Settings:
         "auto",
         "auto: run flat requests whose user inputs repeat one row on the structured twin; off",
     )
+    session_run_mode: str = flag(
+        "auto", "auto: per signature, the faster of TF's inter-op pool and inline; pool; inline"
+    )
+    session_num_per_group: int = flag(
+        1, "lanes per model version: one session, K thread pools, one copy of the weights"
+    )
+    use_per_session_threads: bool = flag(
+        False, "each model version owns its pools (lane pools are otherwise shared by models)"
+    )
+    session_group_cpusets: str = flag(
+        "", "pin each lane's threads to a CPU set, one per lane: '0-3;4-7'"
+    )
+    use_multi_stream: bool = flag(
+        False, "GPU: one virtual GPU (own stream) per lane; tables stay on the host"
+    )
+    select_session_policy: str = flag(
+        "reserve", "lane choice: reserve (keep a lane free of heavy runs) or least_work"
+    )
+    session_group_queue_capacity: int = flag(
+        16, "runs one lane may hold in flight; beyond it on every lane: RESOURCE_EXHAUSTED"
+    )
 
     def session_threads(self) -> tuple[int, int]:
         """(intra_op, inter_op) threads as TF-Serving derives them; 0 means TF's default."""
         if self.tensorflow_session_parallelism > 0:
             return self.tensorflow_session_parallelism, self.tensorflow_session_parallelism
         return self.tensorflow_intra_op_parallelism, self.tensorflow_inter_op_parallelism
+
+    def session_group(self) -> bool:
+        """Whether model versions load as SessionGroups (lanes) rather than plain sessions."""
+        return (
+            self.session_num_per_group > 1
+            or bool(self.session_group_cpusets)
+            or self.use_multi_stream
+        )
+
+    def own_intra_pools(self) -> bool:
+        """Whether TF must give every device its own intra-op pool (set before TF starts)."""
+        return self.session_group() or self.use_per_session_threads
 
     @property
     def tags(self) -> list[str]:
