@@ -269,7 +269,7 @@ def from_ndarray(
         # Packed float/double/complex/bool fields hold exactly the little-endian array bytes.
         if array.dtype.byteorder == ">":
             array = array.astype(array.dtype.newbyteorder("<"))
-        raw = memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+        raw = memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))  # type: ignore[arg-type]
         field = _CONTENT_FIELD if tensor_content else _FIELD_NUMBER[dtype.field]
         proto.MergeFromString(b"".join([header, *_packed(field, raw)]))
         return proto

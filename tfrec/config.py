@@ -7,14 +7,12 @@ import os
 from pathlib import Path
 
 from google.protobuf import text_format
-from tensorflow_serving.config import model_server_config_pb2
+from tensorflow_serving.config.model_server_config_pb2 import ModelConfig, ModelServerConfig
 
 from tfrec.errors import Code, InvalidArgument, ServingError
 
 log = logging.getLogger(__name__)
 
-ModelServerConfig = model_server_config_pb2.ModelServerConfig
-ModelConfig = model_server_config_pb2.ModelConfig
 _TENSORFLOW_MODEL_TYPE = 1  # ModelType.TENSORFLOW (deprecated field)
 
 

@@ -350,9 +350,9 @@ class Manager:
                 # A version still unloading is re-loaded on a later poll, once it is END.
                 harness.aspired = number in aspired and harness.state != State.UNLOADING
             for number in sorted(aspired, reverse=True):
-                harness = model.versions.get(number)
+                existing = model.versions.get(number)
                 # A failed load is not retried while it stays aspired (TF-Serving neither).
-                if harness is None or (harness.state == State.END and number not in was_aspired):
+                if existing is None or (existing.state == State.END and number not in was_aspired):
                     harness = model.versions[number] = _Version(number, aspired[number])
                     to_load.append(harness)
             unload = self._unloadable(model)

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
+from tensorflow.core.protobuf.meta_graph_pb2 import SignatureDef
 from tensorflow.python.util import deprecation
 
 from tfrec import codecs, structured
@@ -36,8 +37,6 @@ from tfrec.lanes import LaneGroup, Lanes
 from tfrec.runner import Runner
 
 log = logging.getLogger(__name__)
-
-SignatureDef = meta_graph_pb2.SignatureDef
 
 
 @dataclasses.dataclass(frozen=True)

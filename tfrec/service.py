@@ -19,9 +19,9 @@ from tensorflow_serving.apis import (
     get_model_status_pb2,
     inference_pb2,
     input_pb2,
-    model_pb2,
     regression_pb2,
 )
+from tensorflow_serving.apis.model_pb2 import ModelSpec
 
 from tfrec import codecs, inference, structured
 from tfrec.config import ModelServerConfig
@@ -31,7 +31,6 @@ from tfrec.metrics import Metrics
 from tfrec.servable import Servable, Signature
 
 DEFAULT_SIGNATURE = "serving_default"
-ModelSpec = model_pb2.ModelSpec
 Decode = Callable[[Any], np.ndarray]
 
 
