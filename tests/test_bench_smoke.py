@@ -104,7 +104,13 @@ def test_structured_arms_once_a_converter_exists(
     bench.main([*argv, "--seconds-per-case", "0.1", "--out", str(tmp_path), "--no-readme"])
     result = check_outputs(tmp_path)
     (case,) = result["cases"]
-    assert set(case["arms"]) == {"floor_flat", "tfrec_flat", "tfrec_structured", "floor_structured"}
+    assert set(case["arms"]) == {
+        "floor_flat",
+        "tfrec_flat",
+        "tfrec_structured",
+        "floor_structured",
+        "tfrec_dedup",
+    }
     assert case["request_bytes"]["structured"] < case["request_bytes"]["flat"]
     assert case["ratios"]["flop_ratio"] == 4.0
     # saved_model_tools.flops takes the original signature; structured=True counts its twin
