@@ -53,6 +53,8 @@ def _validate(settings: flags.Settings) -> None:
         )
     if settings.structured_dedup not in ("auto", "off"):
         raise invalid(f"--structured_dedup must be auto or off, got {settings.structured_dedup}")
+    if settings.scheduler not in ("auto", "on", "off"):
+        raise invalid(f"--scheduler must be auto, on or off, got {settings.scheduler}")
     _validate_lanes(settings)
     if (
         settings.tensorflow_session_parallelism > 0
@@ -231,6 +233,7 @@ class Server:
         if s.use_per_session_threads and lanes is None:
             tf_config.use_per_session_threads = True
         run_mode = {"auto": None, "pool": POOLED, "inline": INLINE}[s.session_run_mode]
+        scheduling = self._scheduling() if s.scheduler != "off" else None
 
         def load(name: str, version: int, path):  # type: ignore[no-untyped-def]
             started = time.perf_counter()
@@ -244,6 +247,7 @@ class Server:
                     batching=batching,
                     lanes=lanes,
                     run_mode=run_mode,
+                    scheduling=scheduling,
                 )
             except ServingError:
                 self.metrics.load_attempt_count.labels(str(path), "fail").inc()
@@ -258,6 +262,7 @@ class Server:
                 except ServingError:
                     servable.close()
                     raise
+            servable.settle_schedules()  # decisions the warmup requests started
             return servable
 
         self.manager = Manager(
@@ -310,6 +315,16 @@ class Server:
             raise StartupError(f"{err.code.name}: {err.message}") from err
         log.info("Batching requests with %s", options)
         return Batching(options, self.metrics)
+
+    def _scheduling(self):  # type: ignore[no-untyped-def]
+        """--scheduler auto/on: how every model version's signatures get schedules."""
+        from tfrec.scheduling import SchedulerOptions, Scheduling
+
+        s = self.settings
+        options = SchedulerOptions(mode=s.scheduler, cache_dir=s.scheduler_cache_dir)
+        scheduling = Scheduling(options, self.metrics)
+        log.info("Operator scheduler: %s", scheduling.describe())
+        return scheduling
 
     def _lanes(self):  # type: ignore[no-untyped-def]
         """--session_num_per_group and friends: how every model version's lanes are built."""

@@ -44,9 +44,12 @@ from tfrec.runner import Runner
 from tfrec.session_group import GroupOptions, SessionGroup
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from tensorflow.core.protobuf import config_pb2
 
     from tfrec.metrics import Metrics
+    from tfrec.scheduling import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +266,9 @@ class LaneGroup:
         self._runners: dict[Key, list[Runner]] = {}
         self._ran: set[tuple[Key, int]] = set()  # (key, lane) pairs that ran once
         self._lock = threading.Lock()
+        # --scheduler: set by `Servable` (pool lanes only); each lane's runner is wrapped.
+        self.scheduler: Scheduler | None = None
+        self.signature_of: Callable[[Key], str] = lambda key: ",".join(key[1])
 
     @property
     def session(self) -> tf.compat.v1.Session:
@@ -319,6 +325,10 @@ class LaneGroup:
                 ]
             except tf.errors.OpError as err:
                 raise from_tf_error(err) from None
+            if self.scheduler is not None:  # pool lanes: every lane runs the same tensors
+                signature = self.signature_of(key)
+                for lane, runner in enumerate(runners):
+                    self.scheduler.attach(runner, key, signature, pool=lane)
             self._runners[key] = runners
         return runners
 

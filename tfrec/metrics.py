@@ -181,6 +181,20 @@ class Metrics:
             registry=r,
         )
 
+        # The operator scheduler (--scheduler auto/on), per signature and bucket of rows.
+        self.scheduler_decisions = Counter(
+            n("/tfrec/scheduler_decisions"),
+            "Signature buckets decided, by the graph their runs take (scheduled or unscheduled).",
+            ["model_name", "graph"],
+            registry=r,
+        )
+        self.scheduler_speedup = Gauge(
+            n("/tfrec/scheduler_speedup"),
+            "Unscheduled over scheduled median run time measured when the bucket was decided.",
+            ["model_name", "version", "signature", "bucket"],
+            registry=r,
+        )
+
     def observe_request(
         self, model: str, api: str, entrypoint: str, code: Code, latency_s: float
     ) -> None:

@@ -12,6 +12,11 @@ one for good: never slower than TensorFlow's default by more than the trial's no
 
 A SessionGroup lane (`tfrec.lanes`) builds its Runners with `pool=i`: they always run on the
 lane's inter-op pool i (inline execution would leave the lane: it is never tried).
+
+With the operator scheduler (`--scheduler`), `schedules` is set to a
+`tfrec.scheduling.ScheduledRunner`: every call goes through it, and it runs either this
+Runner's `unscheduled` path (the mode chosen above: the baseline) or, per bucket of rows, a
+critical-path schedule of the graph that measured faster.
 """
 
 from __future__ import annotations
@@ -61,8 +66,16 @@ class Runner:
         self._lock = threading.Lock()
         self._label = label
         self.mode = mode
+        self.schedules: Callable[..., Any] | None = None  # a ScheduledRunner, if any
 
     def __call__(self, *args: Any) -> Any:
+        schedules = self.schedules
+        if schedules is not None:
+            return schedules(*args)
+        return self.unscheduled(*args)
+
+    def unscheduled(self, *args: Any) -> Any:
+        """A run of the signature's own graph, in the chosen mode (or on trial)."""
         mode = self.mode
         if mode is not None:
             return self._fns[mode](*args)

@@ -10,6 +10,11 @@ Python-side shape checks (TF-Serving does none either).
 With `--session_num_per_group` > 1 (`lanes`), the session is a SessionGroup's and every run
 goes to one of its lanes (`tfrec.lanes`); without it nothing on the request path changes.
 
+With `--scheduler` auto or on (`scheduling`), each Runner's calls go through a
+`tfrec.scheduling.ScheduledRunner`: per bucket of rows, a critical-path schedule of the
+signature's graph is built from traced runs and kept where it measures faster.
+`settle_schedules` (after warmup) finishes those decisions before the version serves.
+
 Thread-safety: `run` may be called from any number of threads at once (TensorFlow sessions
 are thread-safe, and callables are created under a lock). `close` must only be called once
 no request holds the servable any more (the manager's lease guarantees it).
@@ -30,11 +35,12 @@ from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
 from tensorflow.core.protobuf.meta_graph_pb2 import SignatureDef
 from tensorflow.python.util import deprecation
 
-from tfrec import codecs, structured
+from tfrec import affinity, codecs, structured
 from tfrec.batching import Batcher, Batching
 from tfrec.errors import InvalidArgument, ServingError, from_tf_error
 from tfrec.lanes import LaneGroup, Lanes
 from tfrec.runner import Runner
+from tfrec.scheduling import Scheduler, Scheduling
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +106,8 @@ class Servable:
         self.lanes: LaneGroup | None = None
         # --session_run_mode: a fixed Runner mode, or None to time both (the default).
         self._run_mode: int | None = None
+        # --scheduler auto/on: wraps each Runner; None with --scheduler=off.
+        self.scheduler: Scheduler | None = None
         # Actual dtypes of the graph tensors: a SignatureDef may declare a different one.
         self._feed_dtypes: dict[str, codecs.DType | None] = {}
         graph = session.graph
@@ -122,12 +130,14 @@ class Servable:
         batching: Batching | None = None,
         lanes: Lanes | None = None,
         run_mode: int | None = None,
+        scheduling: Scheduling | None = None,
     ) -> Servable:
         """Loads `path` the way TF-Serving does; raises ServingError on any failure.
 
         With `batching`, every `run` goes through a batcher on the server's batch threads.
         With `lanes`, the version is a SessionGroup and every run goes to one of its lanes.
         `run_mode` fixes how runs without lanes execute (`tfrec.runner`); None times both.
+        With `scheduling`, signatures get critical-path schedules where they measure faster.
         """
         started = time.monotonic()
         group = None
@@ -158,9 +168,59 @@ class Servable:
         servable = cls(name, version, path, meta_graph, session)
         servable.lanes = group
         servable._run_mode = run_mode
+        if scheduling is not None:
+            servable._attach_scheduler(scheduling, session_config)
         if batching is not None:
             servable._batcher = batching.attach(servable)
         return servable
+
+    def _attach_scheduler(self, scheduling: Scheduling, config: config_pb2.ConfigProto) -> None:
+        """A scheduler over the version's session: slots are the inter-op threads a run gets
+        (lane replicas have their own devices: their graphs are not scheduled)."""
+        if self.lanes is not None:
+            options = self.lanes.group.options
+            if options.replicas:
+                log.info("%s v%d: lanes with their own devices are not scheduled", self.name,
+                         self.version)  # fmt: skip
+                return
+            slots = options.inter_op
+        else:
+            slots = config.inter_op_parallelism_threads or len(affinity.allowed_cpus())
+        self.scheduler = scheduling.create(self._session, slots, self.name, self.version,
+                                           self.path)  # fmt: skip
+        if self.lanes is not None:
+            self.lanes.scheduler = self.scheduler
+            self.lanes.signature_of = self.signature_of
+
+    def signature_of(self, key: tuple[tuple[str, ...], tuple[str, ...]]) -> str:
+        """The signature whose inputs are `key[0]` and whose outputs include `key[1]`."""
+        feeds, fetches = set(key[0]), set(key[1])
+        for name, signature in self.signatures.items():
+            if set(signature.inputs.values()) == feeds and fetches <= set(
+                signature.outputs.values()
+            ):
+                return name
+        return ",".join(sorted(fetches))
+
+    def settle_schedules(self) -> None:
+        """Finishes every schedule decision that warmup started (before the version serves),
+        and writes the scheduler's report to its cache directory, if any."""
+        if self.scheduler is None:
+            return
+        started = time.monotonic()
+        self.scheduler.settle()
+        self.scheduler.write_cache()
+        decisions = self.scheduler.decisions()
+        if decisions:
+            log.info(
+                "Scheduled {name: %s version: %d}: %d of %d signature buckets run scheduled "
+                "graphs (%.2f s)",
+                self.name,
+                self.version,
+                sum(d.scheduled for d in decisions),
+                len(decisions),
+                time.monotonic() - started,
+            )
 
     def feed_dtype(self, tensor_name: str) -> codecs.DType | None:
         """The dtype the graph expects for a feed tensor (None when not representable)."""
@@ -212,6 +272,8 @@ class Servable:
                     fn = Runner(self._session, key[0], key[1], label=label, mode=self._run_mode)
                 except tf.errors.OpError as err:
                     raise from_tf_error(err) from None
+                if self.scheduler is not None:
+                    self.scheduler.attach(fn, key, self.signature_of(key))
                 self._callables[key] = fn
             return fn
 
@@ -223,6 +285,8 @@ class Servable:
         """
         if self._batcher is not None:
             self._batcher.close()
+        if self.scheduler is not None:
+            self.scheduler.close()  # waits for a build in progress
         with self._lock:
             self._callables.clear()
         if self.lanes is not None:

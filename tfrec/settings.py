@@ -116,6 +116,14 @@ class Settings:
         16, "runs one lane may hold in flight; beyond it on every lane: RESOURCE_EXHAUSTED"
     )
 
+    scheduler: str = flag(
+        "auto",
+        "operator schedules per signature: auto (kept where measured faster), on, off",
+    )
+    scheduler_cache_dir: str = flag(
+        "", "write each version's cost models and schedule decisions under this directory"
+    )
+
     def session_threads(self) -> tuple[int, int]:
         """(intra_op, inter_op) threads as TF-Serving derives them; 0 means TF's default."""
         if self.tensorflow_session_parallelism > 0:
