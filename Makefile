@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/bench.py
 	$(PY) benchmarks/lanes.py
+	$(PY) benchmarks/scheduler.py
 
 # The bench pipeline at tiny scale in under a minute, on three models that cover the zoo's
 # input kinds (string lookups, a behaviour sequence, two outputs); outputs stay out of benchmarks/.

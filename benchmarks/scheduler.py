@@ -13,7 +13,11 @@ Also recorded, to explain the figures: the server's CPU time per request at conc
 over wall time (how many of the cores one request already keeps busy unscheduled), and from
 the `auto` server's `--scheduler_cache_dir` report, per bucket: the decision and the
 speedup measured at load, and the step-stats figures of the plan (serial work, critical path,
-the 2-slot makespan predicted from traced costs).
+the 2-slot makespan predicted from traced costs), and the unscheduled run it was judged
+against (TF's inter-op pool or the calling thread, as tfrec's Runner chose at load). Last, per
+model, the same graphs in one process (`tfrec-schedule explain` on the warmup requests, arms
+alternating): no transport and no second server, so the least noisy comparison, with the step
+stats that say how much a schedule could gain on this machine at all.
 
 Results go to `benchmarks/results/scheduler-<date>.json` and the `scheduler` table of
 `benchmarks/README.md`.
@@ -143,7 +147,7 @@ def _case(name: str, n: int, samples: dict, reports: dict) -> dict:
 
 def _decision(d: dict) -> dict:
     out = {"graph": d["graph"], "reason": d["reason"], "load_unscheduled_ms": d["unscheduled_ms"],
-           "load_scheduled_ms": d["scheduled_ms"]}  # fmt: skip
+           "load_scheduled_ms": d["scheduled_ms"], "baseline": d.get("baseline", "")}  # fmt: skip
     plan = d.get("plan")
     if plan:
         out |= {
@@ -153,6 +157,30 @@ def _decision(d: dict) -> dict:
             "slots": plan["slots"],
             "control_edges": len(plan["control_edges"]),
         }
+    return out
+
+
+def in_process(name: str, base: Path, rounds: int) -> list[dict]:
+    """`tfrec-schedule explain` of serving_default on the warmup requests: the step-stats
+    figures and the three graphs timed in one process, alternating (no transport, no second
+    server: the least noisy side by side this machine allows)."""
+    from tfrec.schedule_cli import explain
+
+    doc = explain(base / "1", ["serving_default"], rounds=rounds)
+    out = []
+    for bucket, entry in doc["signatures"]["serving_default"]["buckets"].items():
+        plan, measured = entry["plan"], entry["measured_ms"]
+        out.append({
+            "model": name, "rows": sorted(set(entry["rows"])), "bucket": int(bucket),
+            "ops": entry["ops"], "work_ms": plan["serial_us"] / 1e3,
+            "critical_path_ms": plan["critical_path_us"] / 1e3,
+            "predicted_ms": plan["predicted_us"] / 1e3, "slots": plan["slots"],
+            "control_edges": len(plan["control_edges"]),
+            "unscheduled_pool_ms": measured["unscheduled_pool"],
+            "unscheduled_inline_ms": measured["unscheduled_inline"],
+            "scheduled_ms": measured.get("scheduled"), "speedup": measured.get("speedup"),
+            "identical_outputs": measured.get("identical_outputs"),
+        })  # fmt: skip
     return out
 
 
@@ -181,8 +209,31 @@ def table(result: dict) -> str:
             f"({r['p50_off_over_on_paired']:.2f}x) | {r['p50_off_over_auto']:.2f}x "
             f"({r['p50_off_over_auto_paired']:.2f}x) | {a['off']['c8_rps']:.0f} | "
             f"{a['on']['c8_rps']:.0f} | {a['auto']['c8_rps']:.0f} | {a['off']['cores_c1']:.2f} | "
-            f"{auto.get('graph', '-')}{load} | {_f(d.get('serial_ms'))} | "
+            f"{auto.get('graph', '-')}{load}, over {auto.get('baseline') or '-'} | "
+            f"{_f(d.get('serial_ms'))} | "
             f"{_f(d.get('critical_path_ms'))} | {_f(d.get('predicted_ms'))} |"
+        )
+    lines += [
+        "",
+        "In process (`tfrec-schedule explain`, the warmup requests, "
+        f"{result['explain_rounds']} rounds, arms alternating): serving_default's executed graph "
+        "and its step stats (traced kernel times), the schedule predicted on the lane's slots, "
+        "and the graphs timed.",
+        "",
+        "| model | rows | ops | work ms | critical path ms | work / path | plan ms (slots) "
+        "| unscheduled ms, TF pool | inline | scheduled | speedup | outputs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in result["in_process"]:
+        sched = "-" if c["scheduled_ms"] is None else f"{c['scheduled_ms']:.2f}"
+        speed = "-" if c["speedup"] is None else f"{c['speedup']:.2f}x"
+        same = {None: "-", True: "identical", False: "DIFFER"}[c["identical_outputs"]]
+        path = c["critical_path_ms"]
+        lines.append(
+            f"| {c['model']} | {','.join(map(str, c['rows']))} | {c['ops']} | {c['work_ms']:.2f} "
+            f"| {path:.2f} | {c['work_ms'] / path if path else 0:.1f} | {c['predicted_ms']:.2f} "
+            f"({c['slots']}) | {c['unscheduled_pool_ms']:.2f} | {c['unscheduled_inline_ms']:.2f} "
+            f"| {sched} | {speed} | {same} |"
         )
     lines += ["", *result["notes"]]
     return "\n".join(lines)
@@ -201,6 +252,15 @@ def notes(result: dict) -> list[str]:
         met = "meets" if ratio >= TARGET else "misses"
         out.append(f"Target ({TARGET_MODEL}, N={c['n']}): p50 {ratio:.2f}x lower scheduled "
                    f"(paired), {met} the {TARGET}x target.")  # fmt: skip
+    for c in result.get("in_process", []):
+        if c["model"] == TARGET_MODEL and c["speedup"] is not None:
+            out.append(
+                f"In process ({TARGET_MODEL}, rows {','.join(map(str, c['rows']))}): scheduled "
+                f"{c['speedup']:.2f}x the faster unscheduled run; TF's pool already takes "
+                f"{c['unscheduled_pool_ms']:.2f} ms where the best {c['slots']}-slot schedule of "
+                f"the traced costs takes {c['predicted_ms']:.2f} ms (work "
+                f"{c['work_ms']:.2f} ms, critical path {c['critical_path_ms']:.2f} ms)."
+            )
     worst = min(result["cases"], key=lambda c: c["ratios"]["p50_off_over_auto_paired"])
     out.append(
         f"Under auto the worst case is {worst['model']} N={worst['n']} at "
@@ -218,6 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=3.0, help="per arm, round, C")
     parser.add_argument("--work", type=Path, default=Path("/tmp/tfrec-scheduler-bench"))
+    parser.add_argument("--explain-rounds", type=int, default=10, help="in-process rounds")
     parser.add_argument("--no-readme", action="store_true")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -232,11 +293,14 @@ def main(argv: list[str] | None = None) -> None:
         "rounds": args.rounds,
         "seconds": args.seconds,
         "load_average": os.getloadavg(),
+        "explain_rounds": args.explain_rounds,
         "cases": [],
+        "in_process": [],
     }
     for name in args.models.split(","):
         base = model(args.work, name, args.n)
         result["cases"] += measure(name, base, args.n, args.rounds, args.seconds)["cases"]
+        result["in_process"] += in_process(name, base, args.explain_rounds)
     result["load_average_after"] = os.getloadavg()
     result["notes"] = notes(result)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
 """tfrec-convert SRC DST --user-inputs NAME[,NAME...] [--signatures SIG,...]
-[--infer-user-inputs REQUESTS.tfrecord] [--no-decompose] [--report]
+[--infer-user-inputs REQUESTS.tfrecord] [--no-decompose] [--report] [--schedule]
 
 Writes DST, a new version directory: SRC's SavedModel with every signature unchanged plus a
 structured twin `<sig>_structured` whose per-user inputs take one row and per-item inputs N
@@ -61,6 +61,13 @@ def parser() -> argparse.ArgumentParser:
         help="print what was done and write an HTML report with a picture of the "
         "partitioned graph into DST/assets.extra",
     )
+    p.add_argument(
+        "--schedule",
+        action="store_true",
+        help="also profile the new version's operator costs and explain the schedule "
+        "tfrec_model_server would build (critical path, per-slot order, predicted against "
+        "measured time: `tfrec-schedule explain`); printed, and in the report with --report",
+    )
     return p
 
 
@@ -110,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             infer_from=args.infer_user_inputs,
             decompose=not args.no_decompose,
             report=args.report,
+            schedule=args.schedule,
             progress=ProgressBar(sys.stderr),
         )
     except ConversionError as err:
@@ -119,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"proposed user inputs: {','.join(result.proposed_user_inputs)}")
         if args.user_inputs and set(args.user_inputs) != set(result.proposed_user_inputs):
             print(f"using the named user inputs: {','.join(result.user_inputs)}")
-    if args.report:
+    if args.report or args.schedule:
         print(summary(result))
     else:
         for stats in result.signatures.values():

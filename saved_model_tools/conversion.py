@@ -86,9 +86,11 @@ class ConversionResult:
     signatures: dict[str, SignatureStats]
     seconds: float
     report: Path | None = None  # the HTML page, with --report
+    # With --schedule: `tfrec-schedule explain` of the new version (tfrec.schedule_cli).
+    schedule: dict | None = None
 
     def to_json(self) -> dict:
-        return {
+        doc = {
             "src": str(self.src),
             "dst": str(self.dst),
             "user_inputs": self.user_inputs,
@@ -96,6 +98,9 @@ class ConversionResult:
             "seconds": self.seconds,
             "signatures": {k: v.to_json() for k, v in self.signatures.items()},
         }
+        if self.schedule is not None:
+            doc["schedule"] = self.schedule
+        return doc
 
 
 def convert(
@@ -107,10 +112,15 @@ def convert(
     infer_from: Path | str | None = None,
     decompose: bool = True,
     report: bool = False,
+    schedule: bool = False,
     progress: Progress | None = None,
 ) -> ConversionResult:
     """Writes DST: SRC plus a `<sig>_structured` twin of each converted signature, verified.
-    Raises ConversionError (one line) for bad input or a twin that differs."""
+    Raises ConversionError (one line) for bad input or a twin that differs.
+
+    With `schedule`, the new version's operator schedules are explained (critical path,
+    per-slot order, predicted against measured time: `tfrec-schedule explain`) into the result
+    and, with `report`, into the report."""
     start = time.perf_counter()
     src, dst = Path(src), Path(dst)
     tell = progress or (lambda what, fraction: None)
@@ -144,6 +154,12 @@ def convert(
         _verify(staged, src, parts, {sampled: samples}, stats, tell)
         _count_flops(staged, parts, stats, tell)
         result = ConversionResult(src, dst, user, proposal, stats, time.perf_counter() - start)
+        if schedule:
+            tell("profiling operator schedules", 0.9)
+            from tfrec.schedule_cli import explain
+
+            result.schedule = explain(staged, rounds=5)
+            result.schedule["version_dir"] = str(dst)
         if report:
             result.report = dst / write_report(staged, result, parts)
         publish(staged, dst)

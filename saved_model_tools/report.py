@@ -45,6 +45,10 @@ def summary(result: ConversionResult) -> str:
         lines.append(f"proposed from samples: {', '.join(result.proposed_user_inputs) or '-'}")
     for stats in result.signatures.values():
         lines += _signature_lines(stats)
+    if result.schedule is not None:
+        from tfrec.schedule_cli import render
+
+        lines += ["", render(result.schedule)]
     if result.report is not None:
         lines.append(f"report: {result.report}")
     return "\n".join(lines)
@@ -80,6 +84,13 @@ def write_report(staged: Path, result: ConversionResult, parts: list[Partition])
             f"<h2>{html.escape(stats.signature)} &rarr; {html.escape(stats.structured)}</h2>"
             f"<pre>{html.escape(chr(10).join(_signature_lines(stats)[1:]))}</pre>"
             f"{_broadcast_list(stats)}{svg(part)}"
+        )
+    if result.schedule is not None:
+        from tfrec.schedule_cli import render
+
+        sections.append(
+            "<h2>Operator schedules (tfrec-schedule explain)</h2>"
+            f"<pre>{html.escape(render(result.schedule))}</pre>"
         )
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>tfrec-convert report</title>"
