@@ -16,16 +16,25 @@ def load(base) -> Servable:  # type: ignore[no-untyped-def]
     return Servable.load("m", int(path.name), path, ["serve"], session_config(0, 0))
 
 
-def test_runner_settles_on_one_mode_after_its_trials() -> None:
+def test_runner_settles_on_one_mode_per_bucket_after_its_trials() -> None:
+    """Each bucket of rows (a power of two) has its own trial: sizes are never timed against
+    each other."""
     servable = load(HALF_PLUS_TWO)
     runner = Runner(servable._session, ["x:0"], ["y:0"], trials=4, label="half_plus_two")
-    x = np.array([[2.0], [4.0]], np.float32)
+    x = np.array([[2.0], [4.0]], np.float32)  # bucket 2
+    big = np.full((100, 1), 2.0, np.float32)  # bucket 128
     for _ in range(7):
-        assert runner.mode is None
+        assert runner.mode_of(2) is None
         np.testing.assert_array_equal(runner(x)[0], [[3.0], [4.0]])
+        np.testing.assert_array_equal(runner(big)[0], np.full((100, 1), 3.0))
+    assert runner.mode is None and runner.mode_of(2) is None and runner.mode_of(128) is None
     runner(x)
-    assert runner.mode in (POOLED, INLINE)
+    assert runner.mode_of(2) in (POOLED, INLINE) and runner.mode_of(128) is None
+    runner(big)
+    assert runner.mode_of(128) in (POOLED, INLINE)
+    assert runner.mode_of(64) is None  # never ran
     np.testing.assert_array_equal(runner(x)[0], [[3.0], [4.0]])
+    assert Runner(servable._session, ["x:0"], ["y:0"], mode=INLINE).mode_of(64) == INLINE
     servable.close()
 
 

@@ -278,7 +278,8 @@ def test_judging_keeps_only_a_faster_schedule() -> None:
         model, version = "m", 1
 
     class Baseline:
-        mode = 0
+        def mode_of(self, bucket: int) -> int:
+            return 0
 
         def unscheduled(self) -> str:
             return "unscheduled"

@@ -7,8 +7,14 @@ faster depends on the graph, measured on this 2-core machine: half_plus_two 4.8 
 against 18.7 us pooled; DLRM at N=1000 4.7 ms against 5.8 ms; but MMoE at N=100 (parallel
 experts) 3.7 ms against 2.2 ms, and DIEN's GRU loop 13.9 ms against 10.1 ms.
 
-So a Runner times both modes on its first live calls, alternating, and then keeps the faster
-one for good: never slower than TensorFlow's default by more than the trial's noise.
+The answer also depends on the size of the run (DLRM: 0.85 ms inline against 1.03 ms pooled
+at N=100, even at N=1000), so a
+Runner decides per *bucket* of rows (`tfrec.costmodel.bucket_of`: the largest dim 0 among the
+feeds, rounded up to a power of two): it times both modes on the bucket's first live calls,
+alternating, and then keeps the faster one for good: never slower than TensorFlow's default by
+more than the trial's noise. (Timing calls of different sizes against each other would decide
+nothing: a trial fed 100-row and 1000-row requests in turn can hand one mode all the small
+runs; a scheduler benchmark's DIEN server ran inline at 1.0 core, 1.4x slower than pooled.)
 
 A SessionGroup lane (`tfrec.lanes`) builds its Runners with `pool=i`: they always run on the
 lane's inter-op pool i (inline execution would leave the lane: it is never tried).
@@ -31,6 +37,8 @@ from typing import Any
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
 
+from tfrec.costmodel import bucket_of, rows_of
+
 log = logging.getLogger(__name__)
 
 POOLED, INLINE = 0, 1
@@ -38,7 +46,8 @@ _MODE_NAMES = ("TensorFlow's inter-op pool", "the calling thread")
 
 
 class Runner:
-    """A callable over a session; thread-safe. `mode` is None while both are on trial."""
+    """A callable over a session; thread-safe. `mode` is set when one mode is fixed (a flag, a
+    lane); otherwise `mode_of(bucket)` is None while the bucket's trial runs."""
 
     def __init__(
         self,
@@ -62,11 +71,16 @@ class Runner:
         if pool is not None:
             mode = POOLED
         self._trials = trials
-        self._times: tuple[list[float], list[float]] = ([], [])
+        self._times: dict[int, tuple[list[float], list[float]]] = {}  # bucket -> per mode
+        self._modes: dict[int, int] = {}  # bucket -> the mode chosen
         self._lock = threading.Lock()
         self._label = label
         self.mode = mode
         self.schedules: Callable[..., Any] | None = None  # a ScheduledRunner, if any
+
+    def mode_of(self, bucket: int) -> int | None:
+        """The mode runs of `bucket` take; None while its trial runs."""
+        return self.mode if self.mode is not None else self._modes.get(bucket)
 
     def __call__(self, *args: Any) -> Any:
         schedules = self.schedules
@@ -79,26 +93,33 @@ class Runner:
         mode = self.mode
         if mode is not None:
             return self._fns[mode](*args)
+        bucket = bucket_of(rows_of(args))
+        mode = self._modes.get(bucket)
+        if mode is not None:
+            return self._fns[mode](*args)
         with self._lock:
-            pooled, inline = self._times
+            pooled, inline = self._times.setdefault(bucket, ([], []))
             mode = INLINE if len(inline) < len(pooled) else POOLED
         start = time.perf_counter()
         result = self._fns[mode](*args)
         elapsed = time.perf_counter() - start
         with self._lock:
-            self._times[mode].append(elapsed)
-            if self.mode is None and min(map(len, self._times)) >= self._trials:
-                self._choose()
+            times = self._times[bucket]
+            times[mode].append(elapsed)
+            if bucket not in self._modes and min(map(len, times)) >= self._trials:
+                self._choose(bucket, times)
         return result
 
-    def _choose(self) -> None:
-        medians = [statistics.median(t) for t in self._times]
-        self.mode = INLINE if medians[INLINE] < medians[POOLED] else POOLED
+    def _choose(self, bucket: int, times: tuple[list[float], list[float]]) -> None:
+        medians = [statistics.median(t) for t in times]
+        mode = self._modes[bucket] = INLINE if medians[INLINE] < medians[POOLED] else POOLED
+        del self._times[bucket]
         log.info(
-            "%s runs on %s (median %.3f ms, against %.3f ms on %s)",
+            "%s, rows up to %d, runs on %s (median %.3f ms, against %.3f ms on %s)",
             self._label or "A signature",
-            _MODE_NAMES[self.mode],
-            medians[self.mode] * 1e3,
-            medians[1 - self.mode] * 1e3,
-            _MODE_NAMES[1 - self.mode],
+            bucket,
+            _MODE_NAMES[mode],
+            medians[mode] * 1e3,
+            medians[1 - mode] * 1e3,
+            _MODE_NAMES[1 - mode],
         )

@@ -4,7 +4,7 @@
 inter-op pool or the calling thread, whichever `tfrec.runner` measured faster) in a
 `ScheduledRunner`. Per bucket of rows (`costmodel.bucket_of`) a ScheduledRunner goes through:
 
-1. **wait** until the Runner has chosen its mode: that choice is the baseline;
+1. **wait** until the Runner has chosen the bucket's mode: that choice is the baseline;
 2. **profile**: `PROFILE_RUNS` runs are traced (`costmodel.Trace`: they are real runs, traced);
 3. **build**: the bucket's costs are planned onto the pool's slots (`tfrec.scheduler`), the
    rewritten graph imported into the session as a new copy (`tfrec_schedule<i>/...`, its
@@ -325,7 +325,7 @@ class ScheduledRunner:
         pool: int | None,
     ) -> None:
         self._owner = owner
-        self.baseline = baseline  # its `mode` is the unscheduled run's, once chosen
+        self.baseline = baseline  # its `mode_of(bucket)` is the unscheduled run's, once chosen
         self._unscheduled = baseline.unscheduled
         self.key = key
         self.signature = signature
@@ -335,10 +335,6 @@ class ScheduledRunner:
         self._lock = threading.Lock()
         self._settling = False
         self.decisions: dict[int, Decision] = {}
-
-    @property
-    def mode(self) -> int | None:
-        return self.baseline.mode
 
     def __call__(self, *args: np.ndarray) -> Any:
         state = self._buckets.get(bucket_of(rows_of(args)))
@@ -368,7 +364,7 @@ class ScheduledRunner:
             self._decide(state, bucket, False, self._shared.reason)
             return "run"
         if state.phase == "wait":
-            if self.baseline.mode is None:
+            if self.baseline.mode_of(bucket) is None:
                 return "run"
             state.phase = "profile"
         if state.phase == "profile":
@@ -471,7 +467,7 @@ class ScheduledRunner:
         state.fn = fn or self._unscheduled
         state.phase, state.samples, state.scheduled = "done", [], None
         plan = state.build.plan if state.build is not None else None
-        mode = self.baseline.mode
+        mode = self.baseline.mode_of(bucket)
         baseline = "" if mode is None else ("pool", "inline")[mode]
         decision = Decision(self.signature, bucket, fn is not None, reason, base_s * 1e3,
                             sched_s * 1e3, plan, baseline)  # fmt: skip
