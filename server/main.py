@@ -262,7 +262,7 @@ class Server:
                 except ServingError:
                     servable.close()
                     raise
-            servable.settle_schedules()  # decisions the warmup requests started
+            servable.settle()  # the decisions warmup started: run modes, schedules
             return servable
 
         self.manager = Manager(

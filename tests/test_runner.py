@@ -57,3 +57,20 @@ def test_errors_surface_in_either_mode() -> None:
         with pytest.raises(tf.errors.InvalidArgumentError, match="string"):
             runner(np.array(["a"], dtype=object))
     servable.close()
+
+
+def test_settle_decides_every_bucket_the_first_calls_touched() -> None:
+    """After warmup, `Servable.settle` replays the kept calls one at a time: each bucket that
+    ran has its mode before the version serves; outputs stay right."""
+    servable = load(HALF_PLUS_TWO)
+    x = np.array([[2.0], [4.0]], np.float32)
+    big = np.full((100, 1), 2.0, np.float32)
+    for rows in (x, big):  # as one warmup request of each size would
+        servable.run({"x:0": rows}, ["y:0"])
+    (runner,) = servable._callables.values()
+    assert runner.mode_of(2) is None and runner.mode_of(128) is None
+    servable.settle()
+    assert runner.mode_of(2) in (POOLED, INLINE) and runner.mode_of(128) in (POOLED, INLINE)
+    assert runner.mode_of(64) is None and not runner._samples  # kept calls are released
+    np.testing.assert_array_equal(servable.run({"x:0": big}, ["y:0"])[0], np.full((100, 1), 3.0))
+    servable.close()

@@ -234,7 +234,7 @@ def test_graphs_that_change_state_are_never_scheduled() -> None:
     assert scheduler.state_writers(graph_def, [get]) == []
     for _ in range(3):
         servable.run({}, [incr])
-    servable.settle_schedules()  # nothing replayed
+    servable.settle()  # nothing replayed
     assert float(servable.run({}, [get])[0]) == 3.0
     assert servable.scheduler is not None
     (decision,) = [d for d in servable.scheduler.decisions() if d.signature == "incr_counter"]
@@ -261,7 +261,7 @@ def test_auto_falls_back_when_the_schedule_is_slower(tmp_path: Path, monkeypatch
     want = load(path).run(request, ["y:0"])
     for _ in range(2):
         servable.run(request, ["y:0"])  # as the warmup replays would
-    servable.settle_schedules()
+    servable.settle()
     assert servable.scheduler is not None
     (decision,) = servable.scheduler.decisions()
     assert not decision.scheduled, decision
@@ -342,7 +342,7 @@ def test_lanes_schedule_their_pools(tmp_path: Path) -> None:
     for lane in (0, 1):
         for _ in range(8):
             servable.lanes.run_on(lane, key, [x])
-    servable.settle_schedules()
+    servable.settle()
     assert {(d.bucket, d.scheduled) for d in servable.scheduler.decisions()} == {(128, True)}
     for lane in (0, 1):
         np.testing.assert_array_equal(servable.lanes.run_on(lane, key, [x])[0],
@@ -372,7 +372,7 @@ def test_explain_and_profile(tmp_path: Path, capsys) -> None:
     servable = load(path, "on", profile_runs=50)
     x = np.ones((64, WIDTH), np.float32)
     servable.run({"x:0": x}, ["y:0"])
-    servable.settle_schedules()
+    servable.settle()
     assert servable.scheduler is not None
     (decision,) = servable.scheduler.decisions()
     assert decision.scheduled

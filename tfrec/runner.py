@@ -16,6 +16,12 @@ more than the trial's noise. (Timing calls of different sizes against each other
 nothing: a trial fed 100-row and 1000-row requests in turn can hand one mode all the small
 runs; a scheduler benchmark's DIEN server ran inline at 1.0 core, 1.4x slower than pooled.)
 
+The load around a trial matters too: two requests at a time favour inline runs (each keeps to
+one core), one at a time favours the pool (one run takes both). So when the version has
+warmup requests, `settle` replays them one at a time at load until every bucket they touched
+has decided: a version serves with its modes chosen, the same way on every start, and as
+TF-Serving users measure latency. Buckets without warmup data decide on their first live calls.
+
 A SessionGroup lane (`tfrec.lanes`) builds its Runners with `pool=i`: they always run on the
 lane's inter-op pool i (inline execution would leave the lane: it is never tried).
 
@@ -34,6 +40,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
 
@@ -42,6 +49,7 @@ from tfrec.costmodel import bucket_of, rows_of
 log = logging.getLogger(__name__)
 
 POOLED, INLINE = 0, 1
+SAMPLES = 4  # calls kept per undecided bucket, for `settle`
 _MODE_NAMES = ("TensorFlow's inter-op pool", "the calling thread")
 
 
@@ -73,6 +81,7 @@ class Runner:
         self._trials = trials
         self._times: dict[int, tuple[list[float], list[float]]] = {}  # bucket -> per mode
         self._modes: dict[int, int] = {}  # bucket -> the mode chosen
+        self._samples: dict[int, list[list[np.ndarray]]] = {}  # undecided bucket -> calls
         self._lock = threading.Lock()
         self._label = label
         self.mode = mode
@@ -100,6 +109,9 @@ class Runner:
         with self._lock:
             pooled, inline = self._times.setdefault(bucket, ([], []))
             mode = INLINE if len(inline) < len(pooled) else POOLED
+            samples = self._samples.setdefault(bucket, [])
+            if len(samples) < SAMPLES:
+                samples.append([np.array(a, copy=True) for a in args])
         start = time.perf_counter()
         result = self._fns[mode](*args)
         elapsed = time.perf_counter() - start
@@ -110,10 +122,31 @@ class Runner:
                 self._choose(bucket, times)
         return result
 
+    def undecided(self) -> bool:
+        """Whether calls are kept for `settle`: some bucket ran and has no mode yet."""
+        return bool(self._samples)
+
+    def settle(self, replay: bool = True) -> None:
+        """Replays the kept calls of every undecided bucket, one at a time, until it decides
+        (at load, after warmup); then releases them. A call that fails ends its bucket's
+        replay (warmup would have failed first). The caller passes `replay=False` for graphs
+        that change state: their buckets decide on live calls."""
+        for bucket, samples in list(self._samples.items()) if replay else []:
+            for i in range(4 * self._trials):
+                if bucket in self._modes or self.mode is not None:
+                    break
+                try:
+                    self.unscheduled(*samples[i % len(samples)])
+                except tf.errors.OpError:
+                    break
+        with self._lock:
+            self._samples.clear()
+
     def _choose(self, bucket: int, times: tuple[list[float], list[float]]) -> None:
         medians = [statistics.median(t) for t in times]
         mode = self._modes[bucket] = INLINE if medians[INLINE] < medians[POOLED] else POOLED
         del self._times[bucket]
+        self._samples.pop(bucket, None)
         log.info(
             "%s, rows up to %d, runs on %s (median %.3f ms, against %.3f ms on %s)",
             self._label or "A signature",

@@ -13,7 +13,8 @@ goes to one of its lanes (`tfrec.lanes`); without it nothing on the request path
 With `--scheduler` auto or on (`scheduling`), each Runner's calls go through a
 `tfrec.scheduling.ScheduledRunner`: per bucket of rows, a critical-path schedule of the
 signature's graph is built from traced runs and kept where it measures faster.
-`settle_schedules` (after warmup) finishes those decisions before the version serves.
+`settle` (after warmup) finishes those decisions, and each Runner's choice of execution
+mode, before the version serves.
 
 Thread-safety: `run` may be called from any number of threads at once (TensorFlow sessions
 are thread-safe, and callables are created under a lock). `close` must only be called once
@@ -35,7 +36,7 @@ from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
 from tensorflow.core.protobuf.meta_graph_pb2 import SignatureDef
 from tensorflow.python.util import deprecation
 
-from tfrec import affinity, codecs, structured
+from tfrec import affinity, codecs, scheduler, structured
 from tfrec.batching import Batcher, Batching
 from tfrec.errors import InvalidArgument, ServingError, from_tf_error
 from tfrec.lanes import LaneGroup, Lanes
@@ -202,9 +203,22 @@ class Servable:
                 return name
         return ",".join(sorted(fetches))
 
-    def settle_schedules(self) -> None:
-        """Finishes every schedule decision that warmup started (before the version serves),
+    def settle(self) -> None:
+        """Finishes the decisions warmup started, before the version serves: each Runner's
+        execution mode per bucket of rows (`Runner.settle`), then every schedule decision,
         and writes the scheduler's report to its cache directory, if any."""
+        with self._lock:
+            runners = list(self._callables.items())
+        graph_def = None
+        for key, runner in runners:
+            if not runner.undecided():
+                continue
+            if graph_def is None:
+                graph_def = self._session.graph.as_graph_def()
+            if scheduler.state_writers(graph_def, key[1]):
+                runner.settle(replay=False)  # a replay would change what requests see
+            else:
+                runner.settle()
         if self.scheduler is None:
             return
         started = time.monotonic()
