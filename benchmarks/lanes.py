@@ -52,7 +52,6 @@ from benchmarks.servers import TfrecServer  # noqa: E402
 from benchmarks.workloads import Workload, write_tfrecord  # noqa: E402
 from tfrec import loadgen  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
 HALF_PLUS_TWO = ROOT / "tests" / "testdata" / "tfserving" / "saved_model_half_plus_two_cpu"
 WARMUP = Path("assets.extra") / "tf_serving_warmup_requests"
 Arms = dict[str, tuple[str, ...]]
@@ -426,14 +425,7 @@ def main(argv: list[str] | None = None) -> None:
     if "mixed" in parts:
         result["mixed"] = mixed(args.work, args.rounds, args.seconds, args.light_rate)
     result["load_average_after"] = os.getloadavg()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"lanes-{dt.date.today().isoformat()}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    text = table(result)
-    if not args.no_readme:
-        report.update_readme("lanes", text)
-    print(text)
-    print(f"results: {path.relative_to(ROOT)}")
+    report.publish("lanes", result, table(result), readme=not args.no_readme)
 
 
 if __name__ == "__main__":

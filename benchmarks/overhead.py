@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import subprocess
@@ -47,7 +46,6 @@ from benchmarks import report  # noqa: E402
 from server.main import tune_malloc  # noqa: E402
 from tfrec.servable import Servable, session_config  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
 HALF_PLUS_TWO = ROOT / "tests" / "testdata" / "tfserving" / "saved_model_half_plus_two_cpu"
 free_port = report.free_port
 # Below this a model's run is left out of the floor: time.sleep itself costs ~50 us.
@@ -216,13 +214,7 @@ def main() -> None:
         "tensorflow": tf.__version__,
         "cases": results,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"overhead-{dt.date.today().isoformat()}.json"
-    path.write_text(json.dumps(output, indent=2) + "\n")
-    table = report.overhead_table(output)
-    report.update_readme("overhead", table)
-    print(table)
-    print(f"results: {path.relative_to(ROOT)}")
+    report.publish("overhead", output, report.overhead_table(output))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 import platform
 import re
@@ -11,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 README = Path(__file__).resolve().parent / "README.md"
+RESULTS = README.parent / "results"
 
 
 def free_port() -> int:
@@ -94,3 +97,16 @@ def update_readme(section: str, table: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     README.write_text(text)
+
+
+def publish(name: str, result: dict, text: str, readme: bool = True) -> Path:
+    """Writes `results/<name>-<date>.json`, puts `text` in the README's `name` section (unless
+    `readme` is false) and prints it; returns the JSON's path."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}-{dt.date.today().isoformat()}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    if readme:
+        update_readme(name, text)
+    print(text)
+    print(f"results: {path}")
+    return path

@@ -47,7 +47,6 @@ from server import json_codec  # noqa: E402
 from server.main import tune_malloc  # noqa: E402
 from tfrec.servable import Servable, session_config  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
 TARGET_RATIO = 3.0
 PATH = "/v1/models/m:predict"
 
@@ -236,13 +235,7 @@ def main() -> None:
         "target": f"REST p50 at most {TARGET_RATIO:g}x the gRPC p50",
         "cases": [case],
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"rest-{dt.date.today().isoformat()}.json"
-    path.write_text(json.dumps(output, indent=2) + "\n")
-    text = table(output)
-    report.update_readme("rest", text)
-    print(text)
-    print(f"results: {path.relative_to(ROOT)}")
+    report.publish("rest", output, table(output))
 
 
 if __name__ == "__main__":

@@ -52,7 +52,6 @@ from tfrec import loadgen  # noqa: E402
 from tfrec.costmodel import bucket_of  # noqa: E402
 from tfrec.scheduling import CACHE_FILE  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
 WARMUP = Path("assets.extra") / "tf_serving_warmup_requests"
 ARMS = ("off", "on", "auto")
 TARGET_MODEL = "mmoe"  # the zoo model with the most independent branches (6 experts, 2 gates)
@@ -303,14 +302,7 @@ def main(argv: list[str] | None = None) -> None:
         result["in_process"] += in_process(name, base, args.explain_rounds)
     result["load_average_after"] = os.getloadavg()
     result["notes"] = notes(result)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"scheduler-{dt.date.today().isoformat()}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    text = table(result)
-    if not args.no_readme:
-        report.update_readme("scheduler", text)
-    print(text)
-    print(f"results: {path.relative_to(ROOT)}")
+    report.publish("scheduler", result, table(result), readme=not args.no_readme)
 
 
 if __name__ == "__main__":

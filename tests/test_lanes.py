@@ -8,12 +8,14 @@ server in a subprocess; outputs do not depend on pools and are checked in-proces
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -519,15 +521,16 @@ def thread_status(pid: int, tid: int) -> tuple[str, str]:
 @pytest.mark.skipif(
     not affinity.supported() or len(affinity.allowed_cpus()) < 2, reason="needs Linux, 2 CPUs"
 )
-def test_pinned_lanes_threads_carry_their_cpus(tmp_path: Path) -> None:
-    cpus = sorted(affinity.allowed_cpus())[:2]
+@contextlib.contextmanager
+def lane_server(tmp_path: Path, *flags: str) -> Iterator[tuple[subprocess.Popen, str, int]]:
+    """`tfrec_model_server` in a subprocess serving half_plus_two as "m" with 2 lanes of 1
+    inter-op and 2 intra-op threads (plus `flags`), started: (process, start-up log, port)."""
     port = free_port()
     log_path = tmp_path / "server.log"
     args = [
         sys.executable, "-m", "server.main", f"--port={port}", "--model_name=m",
         f"--model_base_path={HALF_PLUS_TWO}", "--session_num_per_group=2",
-        "--tensorflow_intra_op_parallelism=2", "--tensorflow_inter_op_parallelism=1",
-        f"--session_group_cpusets={cpus[0]};{cpus[1]}", "--use_per_session_threads",
+        "--tensorflow_intra_op_parallelism=2", "--tensorflow_inter_op_parallelism=1", *flags,
     ]  # fmt: skip
     with log_path.open("w") as log:
         proc = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
@@ -535,6 +538,16 @@ def test_pinned_lanes_threads_carry_their_cpus(tmp_path: Path) -> None:
         wait_for(lambda: started(log_path, proc), timeout=120, what="the server")
         text = log_path.read_text()
         assert proc.poll() is None, text
+        yield proc, text, port
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_pinned_lanes_threads_carry_their_cpus(tmp_path: Path) -> None:
+    cpus = sorted(affinity.allowed_cpus())[:2]
+    cpusets = f"--session_group_cpusets={cpus[0]};{cpus[1]}"
+    with lane_server(tmp_path, cpusets, "--use_per_session_threads") as (proc, text, _):
         lanes = re.findall(
             r"lane (\d): inter-op pool \d threads \[([\d, ]*)\], device (\S+), "
             r"intra-op threads \[([\d, ]*)\], CPUs ([\d,-]+)",
@@ -558,28 +571,13 @@ def test_pinned_lanes_threads_carry_their_cpus(tmp_path: Path) -> None:
         assert thread_status(proc.pid, proc.pid)[1] == affinity.format_cpus(
             affinity.allowed_cpus()
         )  # the rest of the server is not pinned
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 @pytest.mark.slow
 def test_server_subprocess_lanes_pools_are_their_own(tmp_path: Path) -> None:
     """With TF_OVERRIDE_GLOBAL_THREADPOOL set by main(), every lane device gets its own
     intra-op threads; requests succeed on both lanes."""
-    port = free_port()
-    log_path = tmp_path / "server.log"
-    args = [
-        sys.executable, "-m", "server.main", f"--port={port}", "--model_name=default",
-        f"--model_base_path={HALF_PLUS_TWO}", "--session_num_per_group=2",
-        "--tensorflow_intra_op_parallelism=2", "--tensorflow_inter_op_parallelism=1",
-    ]  # fmt: skip
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_for(lambda: started(log_path, proc), timeout=120, what="the server")
-        text = log_path.read_text()
-        assert proc.poll() is None, text
+    with lane_server(tmp_path) as (_, text, port):
         assert "lanes share one intra-op pool" not in text
         intra = re.findall(r"intra-op threads \[([\d, ]+)\]", text)
         assert len(intra) == 3 and all(len(t.split(",")) == 2 for t in intra)  # 2 lanes + state
@@ -588,11 +586,8 @@ def test_server_subprocess_lanes_pools_are_their_own(tmp_path: Path) -> None:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
             for _ in range(4):
-                response = stub.Predict(predict_request(x=[2.0]), timeout=30)
+                response = stub.Predict(predict_request("m", x=[2.0]), timeout=30)
                 assert list(response.outputs["y"].float_val) == [3.0]
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 def test_session_group_load_failure_is_a_serving_error(tmp_path: Path) -> None:

@@ -284,6 +284,9 @@ def test_judging_keeps_only_a_faster_schedule() -> None:
         def unscheduled(self) -> str:
             return "unscheduled"
 
+        def fn_of(self, bucket: int):  # type: ignore[no-untyped-def]
+            return self.unscheduled
+
     runner = scheduling.ScheduledRunner(
         Owner(),  # type: ignore[arg-type]
         Baseline(),  # type: ignore[arg-type]

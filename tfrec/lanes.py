@@ -39,6 +39,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec.affinity import format_cpus
+from tfrec.costmodel import rows_of
 from tfrec.errors import ResourceExhausted, from_tf_error
 from tfrec.runner import Runner
 from tfrec.session_group import GroupOptions, SessionGroup
@@ -246,11 +247,6 @@ class LaneMetrics:
     def close(self) -> None:
         for labels in self._thread_labels:
             self._metrics.lane_threads.remove(*labels)
-
-
-def rows_of(args: Sequence[np.ndarray]) -> int:
-    """A run's size: the largest dim 0 among its feeds (structured requests: N, not 1)."""
-    return max((a.shape[0] for a in args if a.ndim), default=1) or 1
 
 
 class LaneGroup:

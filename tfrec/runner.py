@@ -91,6 +91,12 @@ class Runner:
         """The mode runs of `bucket` take; None while its trial runs."""
         return self.mode if self.mode is not None else self._modes.get(bucket)
 
+    def fn_of(self, bucket: int) -> Callable[..., Any] | None:
+        """The session callable runs of `bucket` take, once its mode is chosen (callers that
+        already know the bucket skip the lookups of `unscheduled`)."""
+        mode = self.mode_of(bucket)
+        return None if mode is None else self._fns[mode]
+
     def __call__(self, *args: Any) -> Any:
         schedules = self.schedules
         if schedules is not None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import heapq
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -118,6 +119,22 @@ def state_writers(graph: graph_pb2.GraphDef, fetches: Iterable[str]) -> list[str
         check(nodes[name])
         stack.extend(_source(r) for r in nodes[name].input)
     return sorted(found)
+
+
+class StateWriters:
+    """`state_writers` over one session's graph, read once on first use (at load, before any
+    scheduled copy is imported); shared by the version's Runners and its Scheduler."""
+
+    def __init__(self, graph: Any) -> None:  # a tf.Graph
+        self._graph = graph
+        self._graph_def: graph_pb2.GraphDef | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, fetches: Iterable[str]) -> list[str]:
+        with self._lock:
+            if self._graph_def is None:
+                self._graph_def = self._graph.as_graph_def()
+        return state_writers(self._graph_def, fetches)
 
 
 class Graph:

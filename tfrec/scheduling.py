@@ -58,6 +58,9 @@ MIN_GAIN = 0.05  # the scheduled graph must be this much faster (median) to be k
 SAMPLES = 4  # requests kept per bucket for `settle`
 SETTLE_CALLS = 400  # at most this many replays per bucket at load
 CACHE_FILE = "tfrec_schedule.json"
+# Served schedules are enforced by control edges on the lane's own device (`scheduler`'s `order`
+# realisation); `place` (a logical device per slot) is for `tfrec-schedule explain` only.
+REALISATION = "order"
 Key = tuple[tuple[str, ...], tuple[str, ...]]
 
 
@@ -66,7 +69,6 @@ class SchedulerOptions:
     """How every model version's signatures are scheduled (from the flags)."""
 
     mode: str = "auto"
-    realisation: str = "order"  # scheduler.REALISATIONS
     profile_runs: int = PROFILE_RUNS
     trials: int = TRIALS
     min_gain: float = MIN_GAIN
@@ -75,8 +77,6 @@ class SchedulerOptions:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"--scheduler must be one of {', '.join(MODES)}, not {self.mode!r}")
-        if self.realisation not in scheduler.REALISATIONS:
-            raise ValueError(f"realisation must be one of {scheduler.REALISATIONS}")
 
 
 @dataclasses.dataclass
@@ -141,7 +141,7 @@ class Scheduler:
         version: int,
         stored: Sequence[CostModel] = (),
         metrics: Metrics | None = None,
-        device: Callable[[int], str] | None = None,
+        writers: scheduler.StateWriters | None = None,
     ) -> None:
         self.options = options
         self.session = session
@@ -149,14 +149,13 @@ class Scheduler:
         self.model, self.version = model, version
         self.metrics = metrics
         self._stored = {(tuple(m.feeds), tuple(m.fetches)): m for m in stored}
-        self._device = device or (lambda slot: "")
         self._shared: dict[Key, _Shared] = {}
         self._copies: dict[tuple, tuple[list[str], list[str]]] = {}
         self._runners: list[ScheduledRunner] = []
         self._lock = threading.Lock()  # builds and graph imports, one at a time
         self._threads: list[threading.Thread] = []
         self._closed = False
-        self._graph_def: Any = None  # the session's graph before any copy, read once
+        self._writers = writers or scheduler.StateWriters(session.graph)
 
     def attach(self, runner: Runner, key: Key, signature: str, pool: int | None = None) -> None:
         """Routes `runner`'s calls through a ScheduledRunner (its `schedules`)."""
@@ -169,7 +168,7 @@ class Scheduler:
             shared = self._shared.get(key)
             if shared is None:
                 shared = self._shared[key] = _Shared()
-                writers = self._state_writers(key[1])
+                writers = self._writers(key[1])
                 if writers:
                     shared.reason = f"it changes state ({', '.join(writers)}): never reordered"
         runner = ScheduledRunner(self, baseline, key, signature, shared, pool)
@@ -198,7 +197,7 @@ class Scheduler:
             "model": self.model,
             "version": self.version,
             "slots": self.slots,
-            "realisation": self.options.realisation,
+            "realisation": REALISATION,
             "mode": self.options.mode,
             "decisions": [d.to_json() for d in self.decisions()],
             "cost_models": [m.to_json() for m in self.cost_models()],
@@ -251,20 +250,15 @@ class Scheduler:
         model = trace.model(signature)
         costs = self.stored(trace, bucket) or model.nearest(bucket)
         assert costs is not None
-        plan = scheduler.plan(shared.graph, costs, self.slots, self.options.realisation)
-        if not plan.edges and self.options.realisation == "order":
+        plan = scheduler.plan(shared.graph, costs, self.slots, REALISATION)
+        if not plan.edges:
             return Build(plan, reason="no two costly ops can run concurrently")
         copy_key = plan.key
         names = self._copies.get(copy_key)
         if names is None:
-            names = self._import(scheduler.rewrite(shared.graph, plan, self._device))
+            names = self._import(scheduler.rewrite(shared.graph, plan, lambda slot: ""))
             self._copies[copy_key] = names
         return Build(plan, names[0], names[1])
-
-    def _state_writers(self, fetches: Sequence[str]) -> list[str]:
-        if self._graph_def is None:
-            self._graph_def = self.session.graph.as_graph_def()
-        return scheduler.state_writers(self._graph_def, fetches)
 
     def stored(self, trace: Trace, rows: int) -> costmodel.Bucket | None:
         """Costs of `rows`'s bucket stored with the model, if they are of this graph."""
@@ -464,7 +458,9 @@ class ScheduledRunner:
     ) -> None:
         """Final for this bucket (under the lock): every later run takes one graph."""
         fn = self._guarded(scheduled_fn) if scheduled and scheduled_fn is not None else None
-        state.fn = fn or self._unscheduled
+        # Unscheduled: straight to the bucket's session callable once the Runner has chosen it
+        # (this call path already found the bucket).
+        state.fn = fn or self.baseline.fn_of(bucket) or self._unscheduled
         state.phase, state.samples, state.scheduled = "done", [], None
         plan = state.build.plan if state.build is not None else None
         mode = self.baseline.mode_of(bucket)
@@ -535,7 +531,7 @@ class Scheduling:
         o = self.options
         cache = o.cache_dir or "none (kept in memory)"
         return (
-            f"--scheduler={o.mode}: per signature and bucket of rows, {o.realisation} schedules "
+            f"--scheduler={o.mode}: per signature and bucket of rows, {REALISATION} schedules "
             f"profiled over {o.profile_runs} traced runs, kept when {o.min_gain:.0%} faster over "
             f"{o.trials} timed runs each; cache: {cache}"
         )
@@ -547,10 +543,10 @@ class Scheduling:
         name: str,
         version: int,
         path: Path,
-        device: Callable[[int], str] | None = None,
+        writers: scheduler.StateWriters | None = None,
     ) -> Scheduler:
         """A version's scheduler; costs stored with the model (`tfrec-schedule profile`) are
         used where they match the executed graph."""
         stored = costmodel.read(Path(path) / costmodel.COST_FILE)
         return Scheduler(self.options, session, slots, model=name, version=version,
-                         stored=stored, metrics=self.metrics, device=device)  # fmt: skip
+                         stored=stored, metrics=self.metrics, writers=writers)  # fmt: skip

@@ -109,6 +109,8 @@ class Servable:
         self._run_mode: int | None = None
         # --scheduler auto/on: wraps each Runner; None with --scheduler=off.
         self.scheduler: Scheduler | None = None
+        # Which fetches change state (never replayed nor scheduled); the graph is read once.
+        self._writers = scheduler.StateWriters(session.graph)
         # Actual dtypes of the graph tensors: a SignatureDef may declare a different one.
         self._feed_dtypes: dict[str, codecs.DType | None] = {}
         graph = session.graph
@@ -188,7 +190,7 @@ class Servable:
         else:
             slots = config.inter_op_parallelism_threads or len(affinity.allowed_cpus())
         self.scheduler = scheduling.create(self._session, slots, self.name, self.version,
-                                           self.path)  # fmt: skip
+                                           self.path, self._writers)  # fmt: skip
         if self.lanes is not None:
             self.lanes.scheduler = self.scheduler
             self.lanes.signature_of = self.signature_of
@@ -209,13 +211,10 @@ class Servable:
         and writes the scheduler's report to its cache directory, if any."""
         with self._lock:
             runners = list(self._callables.items())
-        graph_def = None
         for key, runner in runners:
             if not runner.undecided():
                 continue
-            if graph_def is None:
-                graph_def = self._session.graph.as_graph_def()
-            if scheduler.state_writers(graph_def, key[1]):
+            if self._writers(key[1]):
                 runner.settle(replay=False)  # a replay would change what requests see
             else:
                 runner.settle()
