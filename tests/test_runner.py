@@ -74,3 +74,31 @@ def test_settle_decides_every_bucket_the_first_calls_touched() -> None:
     assert runner.mode_of(64) is None and not runner._samples  # kept calls are released
     np.testing.assert_array_equal(servable.run({"x:0": big}, ["y:0"])[0], np.full((100, 1), 3.0))
     servable.close()
+
+
+def test_concurrent_trials_decide_without_losing_a_call() -> None:
+    """Threads running trial calls of the same buckets while another decides them: every
+    call returns its own rows (a decided bucket's timing list is gone by then)."""
+    import threading
+
+    servable = load(HALF_PLUS_TWO)
+    runner = Runner(servable._session, ["x:0"], ["y:0"], trials=2)
+    errors: list[BaseException] = []
+
+    def client(seed: int) -> None:
+        for i in range(60):
+            rows = 1 + (seed + i) % 40  # buckets 1 to 64
+            x = np.full((rows, 1), float(rows), np.float32)
+            try:
+                np.testing.assert_array_equal(runner(x)[0], x / 2 + 2)
+            except BaseException as err:
+                errors.append(err)
+
+    threads = [threading.Thread(target=client, args=(s,)) for s in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert all(runner.mode_of(b) in (POOLED, INLINE) for b in (1, 2, 4, 8, 16, 32, 64))
+    servable.close()

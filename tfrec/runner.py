@@ -113,19 +113,25 @@ class Runner:
         if mode is not None:
             return self._fns[mode](*args)
         with self._lock:
-            pooled, inline = self._times.setdefault(bucket, ([], []))
-            mode = INLINE if len(inline) < len(pooled) else POOLED
-            samples = self._samples.setdefault(bucket, [])
-            if len(samples) < SAMPLES:
-                samples.append([np.array(a, copy=True) for a in args])
+            mode = self._modes.get(bucket)  # decided by another thread meanwhile?
+            if mode is None:
+                times = self._times.setdefault(bucket, ([], []))
+                mode = INLINE if len(times[INLINE]) < len(times[POOLED]) else POOLED
+                samples = self._samples.setdefault(bucket, [])
+                if len(samples) < SAMPLES:
+                    samples.append([np.array(a, copy=True) for a in args])
+            else:
+                times = None
+        if times is None:
+            return self._fns[mode](*args)
         start = time.perf_counter()
         result = self._fns[mode](*args)
         elapsed = time.perf_counter() - start
         with self._lock:
-            times = self._times[bucket]
-            times[mode].append(elapsed)
-            if bucket not in self._modes and min(map(len, times)) >= self._trials:
-                self._choose(bucket, times)
+            if bucket not in self._modes:  # concurrent trial runs may have decided it
+                times[mode].append(elapsed)
+                if min(map(len, times)) >= self._trials:
+                    self._choose(bucket, times)
         return result
 
     def undecided(self) -> bool:
