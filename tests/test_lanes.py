@@ -104,9 +104,10 @@ def assert_lanes_match(reference: Servable, servable: Servable, signature: str, 
     expected = reference.run(feeds, fetches)
     key = (tuple(feeds), tuple(fetches))
     for lane in range(len(servable.lanes.group.lanes)):
-        got = servable.lanes.run_on(lane, key, list(feeds.values()))
-        for a, b in zip(got, expected, strict=True):
-            np.testing.assert_array_equal(a, b)
+        for inline in (False, True):  # on the lane's pool; a light run on the caller's thread
+            got = servable.lanes.run_on(lane, key, list(feeds.values()), inline=inline)
+            for a, b in zip(got, expected, strict=True):
+                np.testing.assert_array_equal(a, b)
     for a, b in zip(servable.run(feeds, fetches), expected, strict=True):  # dispatched
         np.testing.assert_array_equal(a, b)
 
@@ -242,7 +243,7 @@ def test_least_work_with_rotation_on_ties() -> None:
 def heavy_and_light(policy: str) -> tuple[Dispatcher, Cost]:
     d = Dispatcher(2, capacity=10, policy=policy)
     d._costs[KEY] = cost = Cost()
-    cost.a, cost.b = 0.0, HEAVY_FLOOR_S / 10  # 10 rows: 0.1 ms, 1000 rows: 10 ms
+    cost.a, cost.b = 0.0, HEAVY_FLOOR_S / 10  # 10 rows: 1 ms, 1000 rows: 100 ms
     for _ in range(8):  # light history sets the threshold
         d.release(d.acquire(KEY, 10), KEY, 10, 0.0, ok=False)
     return d, cost
@@ -260,6 +261,19 @@ def test_reserve_keeps_a_lane_free_of_heavy_work() -> None:
     assert len({d.acquire(KEY, 1000).lane for _ in range(2)}) == 2
 
 
+def test_light_runs_take_the_callers_thread_only_while_heavy_ones_run() -> None:
+    d, _ = heavy_and_light("reserve")
+    d.inline_light = True
+    assert not d.acquire(KEY, 10).inline  # nothing heavy in flight: the lane's pool
+    heavy = d.acquire(KEY, 1000)
+    assert heavy.heavy and not heavy.inline  # heavy runs keep to their pools
+    light = d.acquire(KEY, 10)
+    assert light.inline and light.lane != heavy.lane
+    d.release(heavy, KEY, 1000, 0.0, ok=False)
+    assert not d.acquire(KEY, 10).inline
+    assert not Dispatcher(2, 10, "least_work", inline_light=True).inline_light  # no light/heavy
+
+
 def test_the_reference_remembers_light_runs_for_a_while(monkeypatch) -> None:
     d, _ = heavy_and_light("reserve")
     clock = [time.monotonic()]
@@ -270,6 +284,20 @@ def test_the_reference_remembers_light_runs_for_a_while(monkeypatch) -> None:
         d.release(ticket, KEY, 1000, 0.0, ok=False)
     clock[0] += 4 * lanes_module.REFERENCE_TAU_S  # light requests stopped long ago
     assert not d.acquire(KEY, 1000).heavy
+
+
+def test_light_runs_stay_light_when_the_fit_drifts() -> None:
+    # Seen on WDL under a heavy burst: the fit's intercept rose from ~0 to 1.5 ms, so a
+    # 10-row run was estimated at 1.57 ms; against the reference priced at 0.1 ms when it was
+    # seen, every light request became "heavy" and queued behind the heavy runs.
+    d = Dispatcher(2, capacity=10, policy="reserve")
+    d._costs[KEY] = cost = Cost()
+    cost.a, cost.b = 0.0, 1e-5  # after warmup: 10 rows 0.1 ms, 1000 rows 10 ms
+    d.release(d.acquire(KEY, 10), KEY, 10, 0.0, ok=False)
+    cost.a, cost.b = 1.5e-3, 7.4e-6  # under load: 10 rows 1.57 ms, 1000 rows 8.9 ms
+    heavy = d.acquire(KEY, 1000)
+    light = d.acquire(KEY, 10)
+    assert heavy.heavy and not light.heavy and light.lane != heavy.lane
 
 
 def test_only_heavy_traffic_uses_every_lane() -> None:
@@ -571,6 +599,7 @@ def test_pinned_lanes_threads_carry_their_cpus(tmp_path: Path) -> None:
         assert thread_status(proc.pid, proc.pid)[1] == affinity.format_cpus(
             affinity.allowed_cpus()
         )  # the rest of the server is not pinned
+        assert "CPU sets: " in text and "light runs on the request's thread" not in text
 
 
 @pytest.mark.slow
@@ -579,6 +608,7 @@ def test_server_subprocess_lanes_pools_are_their_own(tmp_path: Path) -> None:
     intra-op threads; requests succeed on both lanes."""
     with lane_server(tmp_path) as (_, text, port):
         assert "lanes share one intra-op pool" not in text
+        assert "light runs on the request's thread while heavy ones are in flight" in text
         intra = re.findall(r"intra-op threads \[([\d, ]+)\]", text)
         assert len(intra) == 3 and all(len(t.split(",")) == 2 for t in intra)  # 2 lanes + state
         from tensorflow_serving.apis import prediction_service_pb2_grpc

@@ -23,7 +23,8 @@ has decided: a version serves with its modes chosen, the same way on every start
 TF-Serving users measure latency. Buckets without warmup data decide on their first live calls.
 
 A SessionGroup lane (`tfrec.lanes`) builds its Runners with `pool=i`: they always run on the
-lane's inter-op pool i (inline execution would leave the lane: it is never tried).
+lane's inter-op pool i, except the light runs the lane dispatcher sends to the caller's thread
+(`inline`, built only when asked for with `inline=True`): no trial there, the dispatcher decides.
 
 With the operator scheduler (`--scheduler`), `schedules` is set to a
 `tfrec.scheduling.ScheduledRunner`: every call goes through it, and it runs either this
@@ -67,11 +68,12 @@ class Runner:
         label: str = "",
         mode: int | None = None,
         pool: int | None = None,
+        inline: bool = False,
     ) -> None:
         self._fns: list[Callable[..., Any]] = []
-        for inline in (False, True) if pool is None else (False,):
+        for on_caller in (False, True) if pool is None or inline else (False,):
             options = config_pb2.CallableOptions(feed=feeds, fetch=fetches)
-            if inline:
+            if on_caller:
                 options.run_options.inter_op_thread_pool = -1
             elif pool is not None:
                 options.run_options.inter_op_thread_pool = pool
@@ -96,6 +98,10 @@ class Runner:
         already know the bucket skip the lookups of `unscheduled`)."""
         mode = self.mode_of(bucket)
         return None if mode is None else self._fns[mode]
+
+    def inline(self, *args: Any) -> Any:
+        """A run on the calling thread, whatever the mode (a lane Runner built `inline=True`)."""
+        return self._fns[INLINE](*args)
 
     def __call__(self, *args: Any) -> Any:
         schedules = self.schedules
