@@ -30,6 +30,7 @@ from tensorflow_serving.apis import (
 )
 
 from tfrec import codecs
+from tfrec.affinity import name_os_thread
 from tfrec.errors import Code, ServingError
 from tfrec.metrics import Metrics
 from tfrec.protos.ssl_config_pb2 import SSLConfig
@@ -217,7 +218,9 @@ def build_server(
         *channel_args,
     ]
     server = grpc.server(
-        concurrent.futures.ThreadPoolExecutor(max(1, max_threads), thread_name_prefix="tfrec-grpc"),
+        concurrent.futures.ThreadPoolExecutor(
+            max(1, max_threads), thread_name_prefix="tfrec-grpc", initializer=name_os_thread
+        ),
         options=options,
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(

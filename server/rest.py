@@ -34,6 +34,7 @@ from aiohttp import web
 
 from server import json_codec
 from server.routes import Reply, Route, handle, parse_route
+from tfrec.affinity import name_os_thread
 from tfrec.errors import Code, InvalidArgument, http_status
 from tfrec.metrics import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
 from tfrec.metrics import Metrics
@@ -148,7 +149,9 @@ class RestServer:
             sock = _listen(self._settings.rest_api_port)
             port = sock.getsockname()[1]
             self._pool = concurrent.futures.ThreadPoolExecutor(
-                max(1, self._settings.rest_api_num_threads), thread_name_prefix="tfrec-rest"
+                max(1, self._settings.rest_api_num_threads),
+                thread_name_prefix="tfrec-rest",
+                initializer=name_os_thread,
             )
             ready: concurrent.futures.Future[None] = concurrent.futures.Future()
             self._thread = threading.Thread(

@@ -8,6 +8,7 @@ server in a subprocess; outputs do not depend on pools and are checked in-proces
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import re
 import shutil
@@ -508,6 +509,16 @@ def test_flag_validation() -> None:
     assert affinity.format_cpus({0, 1, 2, 5, 7, 8}) == "0-2,5,7-8"
 
 
+def test_pool_threads_carry_their_names_at_the_os_level() -> None:
+    def comm() -> str:
+        return Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text().strip()
+
+    with concurrent.futures.ThreadPoolExecutor(
+        1, thread_name_prefix="tfrec-test-pool", initializer=affinity.name_os_thread
+    ) as pool:
+        assert pool.submit(comm).result() == "tfrec-test-pool"[:15]
+
+
 def test_thread_counts_are_asserted_before_pinning(monkeypatch) -> None:
     cpu = min(affinity.allowed_cpus())
     options = GroupOptions.resolve(2, 1, 1, cpusets=f"{cpu};{cpu}", per_session_threads=True)
@@ -606,7 +617,7 @@ def test_pinned_lanes_threads_carry_their_cpus(tmp_path: Path) -> None:
 def test_server_subprocess_lanes_pools_are_their_own(tmp_path: Path) -> None:
     """With TF_OVERRIDE_GLOBAL_THREADPOOL set by main(), every lane device gets its own
     intra-op threads; requests succeed on both lanes."""
-    with lane_server(tmp_path) as (_, text, port):
+    with lane_server(tmp_path) as (proc, text, port):
         assert "lanes share one intra-op pool" not in text
         assert "light runs on the request's thread while heavy ones are in flight" in text
         intra = re.findall(r"intra-op threads \[([\d, ]+)\]", text)
@@ -618,6 +629,8 @@ def test_server_subprocess_lanes_pools_are_their_own(tmp_path: Path) -> None:
             for _ in range(4):
                 response = stub.Predict(predict_request("m", x=[2.0]), timeout=30)
                 assert list(response.outputs["y"].float_val) == [3.0]
+        names = {(p / "comm").read_text().strip() for p in Path(f"/proc/{proc.pid}/task").iterdir()}
+        assert "tfrec-grpc_0" in names, names  # handlers are named for top -H and the bench
 
 
 def test_session_group_load_failure_is_a_serving_error(tmp_path: Path) -> None:
