@@ -1,7 +1,7 @@
 """SessionGroup lanes side by side: memory, throughput at 8 clients, light latency in a mix.
 
-Three measurements, each against `tfrec_model_server` subprocesses over real gRPC
-(`tfrec.loadgen`, client in this process, same machine):
+Four measurements, all but `inprocess` against `tfrec_model_server` subprocesses over real
+gRPC (`tfrec.loadgen`, client in this process, same machine):
 - `memory`: RSS of a server holding DLRM at full scale (426 MB of embedding tables), after
   load, warmup and requests on every lane: K=1 (defaults) against K=4 (lanes are inter-op
   pools) and K=4 with intra-op 2 (each lane a graph replica on its own logical CPU device).
@@ -11,18 +11,21 @@ Three measurements, each against `tfrec_model_server` subprocesses over real gRP
   inter-op pool: `--session_run_mode=pool`); also K=1 as tfrec runs it by default (`auto`:
   per signature the faster of the pool and inline), K=2 (also pinned, one core per lane) and
   K=4. The best K is reported, with the server's CPU time per request.
+- `inprocess`: the throughput arms without gRPC: 8 threads calling tfrec's `Servable` in one
+  process per arm (K=1 pooled as TF-Serving runs it, K=2, K=4): how much lanes gain where
+  TensorFlow is all the work, against what is left of it behind a Python gRPC server.
 - `mixed`: 4 closed-loop clients sending heavy requests (N=1000) while light requests (N=10)
-  arrive at a fixed rate (open loop, from a client process of their own), WDL at full
-  scale: one shared session (TF-Serving's execution, and tfrec's `auto`) against lanes
-  (K=2 `reserve`, pinned and not, K=2 `least_work`, K=4 `reserve`); light p50/p99, heavy
-  throughput in the mix, and heavy throughput alone (what the policy costs when there is
-  nothing to protect).
+  arrive at a fixed rate (open loop, blocking calls from 8 threads of a client process of
+  their own), WDL at full scale: one shared session (TF-Serving's execution, and tfrec's
+  `auto`) against lanes (K=2 `reserve`, pinned and not, K=2 `least_work`, K=4 `reserve`);
+  light p50/p99, heavy throughput in the mix, and heavy throughput alone (what the policy
+  costs when there is nothing to protect).
 
 Arms alternate within each round (the order rotates) and every figure is the median over
 rounds; the machine is shared and noisy. Results go to `benchmarks/results/lanes-<date>.json`
 and the `lanes` table of `benchmarks/README.md`.
 
-    python benchmarks/lanes.py [--rounds 3] [--seconds 8] [--only memory,throughput,mixed]
+    python benchmarks/lanes.py [--rounds 3] [--seconds 8] [--only memory,throughput,inprocess,mixed]
 """
 
 from __future__ import annotations
@@ -245,6 +248,86 @@ def throughput(work: Path, rounds: int, seconds: float, n: int) -> dict:
     return {"model": "wdl (full)", "n": n, "clients": 8, "arms": out, "best": best}
 
 
+# ----------------------------------------------------------------------------- in process
+
+# The throughput arms without gRPC: tfrec's own Servable (the server's code path from decoded
+# arrays on), 8 threads calling it, one process per arm and round (the lanes' pools are
+# process-wide and TF_OVERRIDE_GLOBAL_THREADPOOL is read once).
+INPROCESS_ARMS: dict[str, int] = {BASELINE: 1, "K=2": 2, "K=4": 4}
+
+
+def run_inprocess_worker(arm: str, work: Path, n: int, seconds: float) -> None:
+    from tfrec.lanes import Lanes
+    from tfrec.runner import POOLED
+    from tfrec.servable import Servable, session_config
+    from tfrec.session_group import GroupOptions
+
+    k = INPROCESS_ARMS[arm]
+    version = work / "wdl" / "1"
+    lanes = Lanes(GroupOptions.resolve(k, 0, 0)) if k > 1 else None  # the server's defaults
+    servable = Servable.load(
+        "wdl", 1, version, ["serve"], session_config(0, 0), lanes=lanes, run_mode=POOLED
+    )
+    signature = servable.signatures["serving_default"]
+    workload = Workload.load(version)
+    fetches = list(signature.outputs.values())
+    calls = [
+        {signature.inputs[alias]: array for alias, array in workload.request(n, seed).items()}
+        for seed in range(16)
+    ]
+    counts = [0] * 8
+
+    def loop(i: int, until: float) -> None:
+        done = 0
+        while time.perf_counter() < until:
+            servable.run(calls[(i + done) % len(calls)], fetches)
+            done += 1
+        counts[i] = done
+
+    for until in (time.perf_counter() + 2.0, None):  # 2 s warm, then the measured run
+        if until is None:
+            counts[:] = [0] * 8
+            cpu, start = time.process_time(), time.perf_counter()
+            until = start + seconds
+        threads = [threading.Thread(target=loop, args=(i, until)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    print(json.dumps({"rps": sum(counts) / elapsed, "cpu_ms": cpu * 1e3 / sum(counts)}))
+    servable.close()
+
+
+def inprocess(work: Path, rounds: int, seconds: float, n: int) -> dict:
+    model(work, "wdl", (10, 200, 1000))
+    samples: dict[str, list[dict]] = {arm: [] for arm in INPROCESS_ARMS}
+    for r in range(rounds):
+        for arm in rotated(dict.fromkeys(INPROCESS_ARMS, ()), r):
+            args = [sys.executable, __file__, "--inprocess-worker", arm, "--work", str(work),
+                    "--n", str(n), "--seconds", str(seconds)]  # fmt: skip
+            env = dict(os.environ)
+            if INPROCESS_ARMS[arm] > 1:
+                env["TF_OVERRIDE_GLOBAL_THREADPOOL"] = "1"  # as tfrec_model_server sets it
+            out = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=env)
+            if out.returncode != 0:
+                raise RuntimeError(f"in-process worker {arm} failed:\n{out.stderr[-2000:]}")
+            sample = json.loads(out.stdout.strip().splitlines()[-1])
+            samples[arm].append(sample)
+            print(f"[lanes] in process {arm}: {sample}", file=sys.stderr)
+    base = [v["rps"] for v in samples[BASELINE]]
+    out = {}
+    for arm, values in samples.items():
+        ratios = [v["rps"] / b for v, b in zip(values, base, strict=True)]
+        out[arm] = {
+            "rps": median_of(values, "rps"),
+            "cpu_ms": median_of(values, "cpu_ms"),
+            "ratio_paired": statistics.median(ratios),
+            "ratios": ratios,
+        }
+    return {"model": "wdl (full)", "n": n, "threads": 8, "arms": out}
+
+
 # ----------------------------------------------------------------------------- mixed
 
 
@@ -438,6 +521,21 @@ def table(result: dict) -> str:
                 f"{v['p99_ms']:.1f} | {v['server_cpu_ms']:.2f} | {split} | "
                 f"{v['server_cores']:.2f} | {per} |"
             )
+    if "inprocess" in result:
+        p = result["inprocess"]
+        lines += [
+            "",
+            f"The same throughput arms in one process without gRPC, {p['model']}, N={p['n']}, "
+            f"{p['threads']} threads calling tfrec's Servable:",
+            "",
+            "| arm | req/s | x K=1 (per round) | CPU ms/req |",
+            "|---|---|---|---|",
+        ]
+        for arm, v in p["arms"].items():
+            per = ", ".join(f"{r:.2f}" for r in v["ratios"])
+            lines.append(
+                f"| {arm} | {v['rps']:.0f} | {v['ratio_paired']:.2f} ({per}) | {v['cpu_ms']:.2f} |"
+            )
     if "mixed" in result:
         x = result["mixed"]
         lines += [
@@ -464,13 +562,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="per arm and round")
     parser.add_argument("--light-rate", type=float, default=50.0, help="light requests/s")
     parser.add_argument("--n", type=int, default=200, help="candidates, throughput requests")
-    parser.add_argument("--only", default="memory,throughput,mixed")
+    parser.add_argument("--only", default="memory,throughput,inprocess,mixed")
     parser.add_argument("--work", type=Path, default=Path("/tmp/tfrec-lanes-bench"))
     parser.add_argument("--no-readme", action="store_true")
     parser.add_argument("--light-client", metavar="ADDRESS", help=argparse.SUPPRESS)
+    parser.add_argument("--inprocess-worker", metavar="ARM", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.light_client:  # internal: the mixed benchmark's light stream (see LightClient)
         run_light_client(args.light_client, args.work, args.light_rate, args.seconds)
+        return
+    if args.inprocess_worker:  # internal: one arm of `inprocess`
+        run_inprocess_worker(args.inprocess_worker, args.work, args.n, args.seconds)
         return
     args.work.mkdir(parents=True, exist_ok=True)
     parts = set(args.only.split(","))
@@ -488,6 +590,8 @@ def main(argv: list[str] | None = None) -> None:
         result["memory"] = memory(args.work, args.rounds)
     if "throughput" in parts:
         result["throughput"] = throughput(args.work, args.rounds, args.seconds, args.n)
+    if "inprocess" in parts:
+        result["inprocess"] = inprocess(args.work, args.rounds, args.seconds, args.n)
     if "mixed" in parts:
         result["mixed"] = mixed(args.work, args.rounds, args.seconds, args.light_rate)
     result["load_average_after"] = os.getloadavg()
