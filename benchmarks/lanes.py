@@ -304,8 +304,18 @@ def inprocess(work: Path, rounds: int, seconds: float, n: int) -> dict:
     samples: dict[str, list[dict]] = {arm: [] for arm in INPROCESS_ARMS}
     for r in range(rounds):
         for arm in rotated(dict.fromkeys(INPROCESS_ARMS, ()), r):
-            args = [sys.executable, __file__, "--inprocess-worker", arm, "--work", str(work),
-                    "--n", str(n), "--seconds", str(seconds)]  # fmt: skip
+            args = [
+                sys.executable,
+                __file__,
+                "--inprocess-worker",
+                arm,
+                "--work",
+                str(work),
+                "--n",
+                str(n),
+                "--seconds",
+                str(seconds),
+            ]
             env = dict(os.environ)
             if INPROCESS_ARMS[arm] > 1:
                 env["TF_OVERRIDE_GLOBAL_THREADPOOL"] = "1"  # as tfrec_model_server sets it
@@ -351,8 +361,18 @@ class LightClient:
     that no server caused. It prepares its requests, says `ready`, starts on `go`."""
 
     def __init__(self, address: str, work: Path, rate: float, seconds: float) -> None:
-        args = [sys.executable, __file__, "--light-client", address, "--work", str(work),
-                "--light-rate", str(rate), "--seconds", str(seconds)]  # fmt: skip
+        args = [
+            sys.executable,
+            __file__,
+            "--light-client",
+            address,
+            "--work",
+            str(work),
+            "--light-rate",
+            str(rate),
+            "--seconds",
+            str(seconds),
+        ]
         self.proc = subprocess.Popen(
             args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT
         )
@@ -482,6 +502,22 @@ def mixed(work: Path, rounds: int, seconds: float, light_rate: float) -> dict:
 # ----------------------------------------------------------------------------- report
 
 
+def section(title: str, columns: list[str], rows: list[list[str]]) -> list[str]:
+    """A titled markdown table, as lines (a blank line before the title and the table)."""
+    return [
+        "",
+        title,
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
+def per_round(values: list[float], fmt: str) -> str:
+    return ", ".join(format(v, fmt) for v in values)
+
+
 def table(result: dict) -> str:
     lines = [
         f"Run {result['date']} on {result['machine']}, Python {result['python']}, "
@@ -490,69 +526,92 @@ def table(result: dict) -> str:
     ]
     if "memory" in result:
         m = result["memory"]
-        lines += [
-            "",
+        lines += section(
             f"Memory, {m['model']}; RSS over a server holding only half_plus_two "
             f"({m['empty_server_mb']:.0f} MB) in the third column:",
-            "",
-            "| arm | RSS MB | over empty server MB | peak MB | RSS x K=1 |",
-            "|---|---|---|---|---|",
-        ]
-        for arm, v in m["arms"].items():
-            lines.append(
-                f"| {arm} | {v['rss_mb']:.0f} | {v['model_mb']:.0f} | {v['peak_mb']:.0f} | "
-                f"{v['ratio']:.3f} |"
-            )
+            ["arm", "RSS MB", "over empty server MB", "peak MB", "RSS x K=1"],
+            [
+                [
+                    arm,
+                    f"{v['rss_mb']:.0f}",
+                    f"{v['model_mb']:.0f}",
+                    f"{v['peak_mb']:.0f}",
+                    f"{v['ratio']:.3f}",
+                ]
+                for arm, v in m["arms"].items()
+            ],
+        )
     if "throughput" in result:
         t = result["throughput"]
-        lines += [
-            "",
+        lines += section(
             f"Throughput, {t['model']}, N={t['n']}, {t['clients']} clients (best: {t['best']}):",
-            "",
-            "| arm | req/s | x K=1 | p50 ms | p99 ms | server CPU ms/req | of which handlers "
-            "/ TF pools / other | server cores | req/s per round |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for arm, v in t["arms"].items():
-            per = ", ".join(f"{x:.0f}" for x in v["rounds"])
-            split = " / ".join(f"{v['thread_cpu_ms'][k]:.2f}" for k in THREAD_KINDS)
-            lines.append(
-                f"| {arm} | {v['rps']:.0f} | {v['ratio']:.2f} | {v['p50_ms']:.1f} | "
-                f"{v['p99_ms']:.1f} | {v['server_cpu_ms']:.2f} | {split} | "
-                f"{v['server_cores']:.2f} | {per} |"
-            )
+            [
+                "arm",
+                "req/s",
+                "x K=1",
+                "p50 ms",
+                "p99 ms",
+                "server CPU ms/req",
+                "of which handlers / TF pools / other",
+                "server cores",
+                "req/s per round",
+            ],
+            [
+                [
+                    arm,
+                    f"{v['rps']:.0f}",
+                    f"{v['ratio']:.2f}",
+                    f"{v['p50_ms']:.1f}",
+                    f"{v['p99_ms']:.1f}",
+                    f"{v['server_cpu_ms']:.2f}",
+                    " / ".join(f"{v['thread_cpu_ms'][k]:.2f}" for k in THREAD_KINDS),
+                    f"{v['server_cores']:.2f}",
+                    per_round(v["rounds"], ".0f"),
+                ]
+                for arm, v in t["arms"].items()
+            ],
+        )
     if "inprocess" in result:
         p = result["inprocess"]
-        lines += [
-            "",
+        lines += section(
             f"The same throughput arms in one process without gRPC, {p['model']}, N={p['n']}, "
             f"{p['threads']} threads calling tfrec's Servable:",
-            "",
-            "| arm | req/s | x K=1 (per round) | CPU ms/req |",
-            "|---|---|---|---|",
-        ]
-        for arm, v in p["arms"].items():
-            per = ", ".join(f"{r:.2f}" for r in v["ratios"])
-            lines.append(
-                f"| {arm} | {v['rps']:.0f} | {v['ratio_paired']:.2f} ({per}) | {v['cpu_ms']:.2f} |"
-            )
+            ["arm", "req/s", "x K=1 (per round)", "CPU ms/req"],
+            [
+                [
+                    arm,
+                    f"{v['rps']:.0f}",
+                    f"{v['ratio_paired']:.2f} ({per_round(v['ratios'], '.2f')})",
+                    f"{v['cpu_ms']:.2f}",
+                ]
+                for arm, v in p["arms"].items()
+            ],
+        )
     if "mixed" in result:
         x = result["mixed"]
-        lines += [
-            "",
+        lines += section(
             f"Mixed load, {x['model']}: heavy {x['heavy']}; light {x['light']}:",
-            "",
-            "| arm | light p50 ms | light p99 ms | light p99 / shared (per round) | heavy req/s "
-            "| heavy req/s alone |",
-            "|---|---|---|---|---|---|",
-        ]
-        for arm, v in x["arms"].items():
-            per = ", ".join(f"{r:.2f}" for r in v["light_p99_vs_shared_per_round"])
-            lines.append(
-                f"| {arm} | {v['light_p50_ms']:.1f} | {v['light_p99_ms']:.1f} | "
-                f"{v['light_p99_vs_shared_paired']:.2f} ({per}) | {v['heavy_rps']:.0f} | "
-                f"{v['heavy_alone_rps']:.0f} |"
-            )
+            [
+                "arm",
+                "light p50 ms",
+                "light p99 ms",
+                "light p99 / shared (per round)",
+                "heavy req/s",
+                "heavy req/s alone",
+            ],
+            [
+                [
+                    arm,
+                    f"{v['light_p50_ms']:.1f}",
+                    f"{v['light_p99_ms']:.1f}",
+                    f"{v['light_p99_vs_shared_paired']:.2f} "
+                    f"({per_round(v['light_p99_vs_shared_per_round'], '.2f')})",
+                    f"{v['heavy_rps']:.0f}",
+                    f"{v['heavy_alone_rps']:.0f}",
+                ]
+                for arm, v in x["arms"].items()
+            ],
+        )
     return "\n".join(lines)
 
 
