@@ -226,6 +226,10 @@ def test_cost_fit_follows_rows() -> None:
         cost.observe(10, 0.00109)
         cost.observe(12, 0.05)
     assert cost.estimate(2000) == pytest.approx(0.019)
+    before = cost.estimate(1000)
+    for _ in range(16):  # the fast 1000-row run leaves the window: the fit follows
+        cost.observe(1000, 0.03)
+    assert cost.estimate(1000) > before + 0.01
     single = Cost()
     single.observe(100, 0.002)
     assert single.estimate(200) == pytest.approx(0.004)

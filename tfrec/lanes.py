@@ -40,14 +40,14 @@ run; `LaneGroup.run` is called from any number of threads.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import math
+import operator
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -75,6 +75,7 @@ REFERENCE_TAU_S = 10.0  # the reference (cheapest recent run) rises by e per thi
 _CLASS_RUNS = 16  # runs per size class the cost fit takes the fastest of
 _DEFAULT_ROW_S = 10e-6  # cost per row before a signature's first measured run
 Key = tuple[tuple[str, ...], tuple[str, ...]]
+_seconds = operator.itemgetter(1)
 
 
 class Cost:
@@ -84,21 +85,31 @@ class Cost:
     descheduled thread); one point per class, so that a flood of light runs never washes out
     what a heavy one costs."""
 
-    __slots__ = ("_classes", "a", "b")
+    __slots__ = ("_classes", "_points", "a", "b")
 
     def __init__(self) -> None:
         self.a, self.b = 0.0, _DEFAULT_ROW_S
         self._classes: dict[int, collections.deque[tuple[int, float]]] = {}
+        self._points: dict[int, tuple[int, float]] = {}  # class -> its fastest recent run
 
     def estimate(self, rows: int) -> float:
         return self.a + self.b * rows
 
     def observe(self, rows: int, seconds: float) -> None:
-        runs = self._classes.get(rows.bit_length())
+        """Adds a run; refits only when its class's fastest run changed (most runs do not
+        change it: the fit then costs nothing on the request path)."""
+        size = rows.bit_length()
+        runs = self._classes.get(size)
         if runs is None:
-            runs = self._classes[rows.bit_length()] = collections.deque(maxlen=_CLASS_RUNS)
+            runs = self._classes[size] = collections.deque(maxlen=_CLASS_RUNS)
         runs.append((rows, seconds))
-        points = [min(runs, key=lambda run: run[1]) for runs in self._classes.values()]
+        point = min(runs, key=_seconds)
+        if self._points.get(size) == point:
+            return
+        self._points[size] = point
+        self._fit(list(self._points.values()))
+
+    def _fit(self, points: list[tuple[int, float]]) -> None:
         n = len(points)
         mx = sum(r for r, _ in points) / n
         my = sum(t for _, t in points) / n
@@ -115,8 +126,7 @@ class Cost:
         self.a, self.b = 0.0, my / max(mx, 1.0)  # one size seen, or a negative intercept
 
 
-@dataclasses.dataclass(frozen=True)
-class Ticket:
+class Ticket(NamedTuple):  # a tuple: built on every run, cheaper than a frozen dataclass
     lane: int
     cost: float
     heavy: bool
