@@ -114,10 +114,15 @@ def rss_mb(pid: int) -> dict[str, float]:
     return fields
 
 
+def stat_cpu_s(stat: Path) -> float:
+    """User + system CPU seconds from a /proc `stat` file (a process's or one thread's)."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process, all its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return stat_cpu_s(Path(f"/proc/{pid}/stat"))
 
 
 THREAD_KINDS = ("handlers", "tf pools", "other")
@@ -133,12 +138,12 @@ def thread_cpu_s(pid: int) -> dict[str, float]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             name = (task / "comm").read_text().strip()
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            seconds = stat_cpu_s(task / "stat")
         except OSError:
             continue  # the thread ended meanwhile
         kind = "handlers" if name.startswith("tfrec-grpc") else "other"
         kind = "tf pools" if name.startswith("tf_") else kind
-        out[kind] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        out[kind] += seconds
     return out
 
 
@@ -430,9 +435,10 @@ def run_light_client(address: str, work: Path, rate: float, seconds: float) -> N
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - start
+    percentiles = statistics.quantiles(latencies, n=100)
     summary = {
-        "p50_ms": statistics.quantiles(latencies, n=100)[49] * 1e3,
-        "p99_ms": statistics.quantiles(latencies, n=100)[98] * 1e3,
+        "p50_ms": percentiles[49] * 1e3,
+        "p99_ms": percentiles[98] * 1e3,
         "rps": len(latencies) / elapsed,
         "send_lag_p99_ms": statistics.quantiles(lags, n=100)[98] * 1e3,
         "errors": len(errors),

@@ -396,20 +396,20 @@ class Lanes:
         self.capacity = capacity
         self.policy = policy
         self.metrics = metrics
+        # Light runs take the caller's thread while heavy ones run (module doc): only `reserve`
+        # tells light from heavy, and pinned lanes keep to their threads.
+        self.inline_light = policy == "reserve" and options.lanes > 1 and not options.cpusets
 
     def describe(self) -> str:
         o = self.options
         cpusets = ";".join(map(format_cpus, o.cpusets)) if o.cpusets else "not pinned"
         devices = "virtual GPUs" if o.gpu else ("logical CPU devices" if o.replicas else "none")
+        light = "; light runs on the request's thread while heavy ones are in flight"
         return (
             f"{o.lanes} lanes per model version: inter-op {o.inter_op} and intra-op {o.intra_op} "
             f"threads per lane, lane devices: {devices}, CPU sets: {cpusets}, policy "
             f"{self.policy}, at most {self.capacity} runs in flight per lane"
-            + (
-                "; light runs on the request's thread while heavy ones are in flight"
-                if self.policy == "reserve" and o.lanes > 1 and not o.cpusets
-                else ""
-            )
+            f"{light if self.inline_light else ''}"
         )
 
     def load(
@@ -434,7 +434,7 @@ class Lanes:
                 self.policy,
                 label,
                 metrics,
-                inline_light=not self.options.cpusets,  # pinned lanes keep to their threads
+                inline_light=self.inline_light,
             )
         except Exception:
             group.close()

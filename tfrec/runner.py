@@ -8,13 +8,13 @@ against 18.7 us pooled; DLRM at N=1000 4.7 ms against 5.8 ms; but MMoE at N=100 
 experts) 3.7 ms against 2.2 ms, and DIEN's GRU loop 13.9 ms against 10.1 ms.
 
 The answer also depends on the size of the run (DLRM: 0.85 ms inline against 1.03 ms pooled
-at N=100, even at N=1000), so a
-Runner decides per *bucket* of rows (`tfrec.costmodel.bucket_of`: the largest dim 0 among the
-feeds, rounded up to a power of two): it times both modes on the bucket's first live calls,
-alternating, and then keeps the faster one for good: never slower than TensorFlow's default by
-more than the trial's noise. (Timing calls of different sizes against each other would decide
-nothing: a trial fed 100-row and 1000-row requests in turn can hand one mode all the small
-runs; a scheduler benchmark's DIEN server ran inline at 1.0 core, 1.4x slower than pooled.)
+at N=100, even at N=1000), so a Runner decides per *bucket* of rows (`tfrec.costmodel
+.bucket_of`: the largest dim 0 among the feeds, rounded up to a power of two): it times both
+modes on the bucket's first live calls, alternating, and then keeps the faster one for good:
+never slower than TensorFlow's default by more than the trial's noise. (Timing calls of
+different sizes against each other would decide nothing: a trial fed 100-row and 1000-row
+requests in turn can hand one mode all the small runs; a scheduler benchmark's DIEN server ran
+inline at 1.0 core, 1.4x slower than pooled.)
 
 The load around a trial matters too: two requests at a time favour inline runs (each keeps to
 one core), one at a time favours the pool (one run takes both). So when the version has
