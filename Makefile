@@ -21,7 +21,7 @@ $(STAMP): setup.cfg pyproject.toml
 # serving_default_structured (user features once, items N times).
 $(MODELS)/demo/1/saved_model.pb: | $(STAMP)
 	rm -rf $(MODELS)/.demo-original $(MODELS)/demo
-	$(PY) -m server.demo_model $(MODELS)/.demo-original
+	$(PY) -m tfrec_tools.demo_model $(MODELS)/.demo-original
 	$(VENV)/bin/tfrec-convert $(MODELS)/.demo-original/1 $(MODELS)/demo/1 \
 		--user-inputs user_id,user_dense
 

@@ -1,7 +1,7 @@
 """The bench's arms and cases: one zoo model at N candidates, five ways, alternating rounds.
 
 An arm runs request i of a fixed set of requests and times it: in process through a session
-callable (`Floor`), or end to end through `tfrec.loadgen` (`Remote`). Before any timing,
+callable (`Floor`), or end to end through `tfrec_tools.loadgen` (`Remote`). Before any timing,
 every arm's outputs are compared with the TF-Serving floor's on the same request.
 """
 
@@ -20,9 +20,9 @@ from benchmarks import report
 from benchmarks.models import Sidecar
 from benchmarks.models.session import ServingSession
 from benchmarks.workloads import SIGNATURES, Workload, predict_request, read_signature
-from server.ab import compare
-from tfrec import loadgen
-from tfrec.runner import POOLED, Runner
+from tfrec.runtime.runner import POOLED, Runner
+from tfrec_tools import loadgen
+from tfrec_tools.ab import compare
 
 FLAT, STRUCTURED = SIGNATURES["flat"], SIGNATURES["structured"]
 REQUESTS = 4  # distinct requests per case, cycled
@@ -112,7 +112,7 @@ class Floor:
 
 
 class Remote:
-    """Predict over gRPC through tfrec.loadgen, one request at a time."""
+    """Predict over gRPC through tfrec_tools.loadgen, one request at a time."""
 
     def __init__(self, address: str, model: str, signature: str, batches: list[Arrays]) -> None:
         self.target = loadgen.Target(address, model)

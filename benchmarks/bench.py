@@ -13,7 +13,7 @@ alternating in rounds (the order rotates each round) so drift hits all of them a
 - (d) `floor_structured`: (a) for the converted model's structured signature.
 Plus the ideal FLOP ratio (`saved_model_tools.flops`: original at N rows / structured).
 (c), (d) and the FLOP ratio need `saved_model_tools.convert`/`flops`; until they exist they are
-skipped with a note. Latency is per request at concurrency 1 (e2e through `tfrec.loadgen`).
+skipped with a note. Latency is per request at concurrency 1 (e2e through `tfrec_tools.loadgen`).
 
 Outputs: `<out>/<date>.json`, `<out>/<date>.md`, `<out>/speedup-<date>.png`, and the table in
 `benchmarks/README.md` (unless --no-readme).

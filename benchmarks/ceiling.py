@@ -1,4 +1,4 @@
-"""The load generator's own ceiling: `tfrec.loadgen` against servers that do nothing.
+"""The load generator's own ceiling: `tfrec_tools.loadgen` against servers that do nothing.
 
 gRPC: `benchmarks/grpc_floor.py` echoing a 1x1 float (the bare grpcio floor). REST: a bare
 aiohttp app (`--rest-floor PORT`, started here in a subprocess) answering every predict with
@@ -27,7 +27,8 @@ from tensorflow_serving.apis import predict_pb2  # noqa: E402
 
 from benchmarks import report  # noqa: E402
 from benchmarks.servers import Process  # noqa: E402
-from tfrec import codecs, loadgen  # noqa: E402
+from tfrec.base import codecs  # noqa: E402
+from tfrec_tools import loadgen  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 REPLY = b'{"outputs": [[2.5]]}'

@@ -24,7 +24,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from server.grpc_server import MAX_MESSAGE_BYTES
 from server.main import tune_malloc
-from tfrec import codecs
+from tfrec.base import codecs
 
 
 class EchoServicer(prediction_service_pb2_grpc.PredictionServiceServicer):

@@ -1,7 +1,7 @@
 """SessionGroup lanes side by side: memory, throughput at 8 clients, light latency in a mix.
 
 Four measurements, all but `inprocess` against `tfrec_model_server` subprocesses over real
-gRPC (`tfrec.loadgen`, client in this process, same machine):
+gRPC (`tfrec_tools.loadgen`, client in this process, same machine):
 - `memory`: RSS of a server holding DLRM at full scale (426 MB of embedding tables), after
   load, warmup and requests on every lane: K=1 (defaults) against K=4 (lanes are inter-op
   pools) and K=4 with intra-op 2 (each lane a graph replica on its own logical CPU device).
@@ -54,7 +54,7 @@ from benchmarks import report  # noqa: E402
 from benchmarks.models import export  # noqa: E402
 from benchmarks.servers import TfrecServer  # noqa: E402
 from benchmarks.workloads import Workload, write_tfrecord  # noqa: E402
-from tfrec import loadgen  # noqa: E402
+from tfrec_tools import loadgen  # noqa: E402
 
 HALF_PLUS_TWO = ROOT / "tests" / "testdata" / "tfserving" / "saved_model_half_plus_two_cpu"
 WARMUP = Path("assets.extra") / "tf_serving_warmup_requests"
@@ -262,10 +262,10 @@ INPROCESS_ARMS: dict[str, int] = {BASELINE: 1, "K=2": 2, "K=4": 4}
 
 
 def run_inprocess_worker(arm: str, work: Path, n: int, seconds: float) -> None:
-    from tfrec.lanes import Lanes
-    from tfrec.runner import POOLED
-    from tfrec.servable import Servable, session_config
-    from tfrec.session_group import GroupOptions
+    from tfrec.runtime.lanes import Lanes
+    from tfrec.runtime.runner import POOLED
+    from tfrec.runtime.session_group import GroupOptions
+    from tfrec.serving.servable import Servable, session_config
 
     k = INPROCESS_ARMS[arm]
     version = work / "wdl" / "1"
@@ -401,7 +401,7 @@ LIGHT_THREADS = 8  # thread k sends requests k, k + 8, ...: 160 ms apart at 50/s
 def run_light_client(address: str, work: Path, rate: float, seconds: float) -> None:
     """Open loop, blocking gRPC calls: request i is due at i / rate and sent by thread
     i mod LIGHT_THREADS, which waits in C for the answer. No event loop: an asyncio client
-    (`tfrec.loadgen`) wakes its loop through grpc.aio's poller thread on every answer, a
+    (`tfrec_tools.loadgen`) wakes its loop through grpc.aio's poller thread on every answer, a
     hand-off that on two busy vCPUs added 1-2 ms to the light p99 in every arm."""
     light = bodies(work / "wdl", 10, 16, seed=2)
     channel = grpc.insecure_channel(address)

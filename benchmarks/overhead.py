@@ -44,7 +44,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # 
 
 from benchmarks import report  # noqa: E402
 from server.main import tune_malloc  # noqa: E402
-from tfrec.servable import Servable, session_config  # noqa: E402
+from tfrec.serving.servable import Servable, session_config  # noqa: E402
 
 HALF_PLUS_TWO = ROOT / "tests" / "testdata" / "tfserving" / "saved_model_half_plus_two_cpu"
 free_port = report.free_port

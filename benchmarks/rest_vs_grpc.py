@@ -45,7 +45,7 @@ from benchmarks import report  # noqa: E402
 from benchmarks.overhead import Subprocess, build_mlp, measure, request_for  # noqa: E402
 from server import json_codec  # noqa: E402
 from server.main import tune_malloc  # noqa: E402
-from tfrec.servable import Servable, session_config  # noqa: E402
+from tfrec.serving.servable import Servable, session_config  # noqa: E402
 
 TARGET_RATIO = 3.0
 PATH = "/v1/models/m:predict"

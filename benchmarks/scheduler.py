@@ -5,7 +5,7 @@ at each N so that every arm makes its schedule decisions at load), three `tfrec_
 subprocesses over the same model: `off` (the unscheduled baseline: tfrec's Runner, TF's
 inter-op pool or the calling thread, whichever measured faster), `on` (the critical-path
 schedule wherever one was built) and `auto` (the default: kept only where it measured faster
-at load). Per N, flat requests to `serving_default` over gRPC (`tfrec.loadgen`): latency at
+at load). Per N, flat requests to `serving_default` over gRPC (`tfrec_tools.loadgen`): latency at
 concurrency 1 (p50) and throughput at concurrency 8. Arms alternate within each round (the
 order rotates) and every figure is the median over rounds; the machine is shared and noisy.
 
@@ -48,9 +48,9 @@ from benchmarks.lanes import cpu_s, rotated  # noqa: E402
 from benchmarks.models import NAMES, export  # noqa: E402
 from benchmarks.servers import TfrecServer  # noqa: E402
 from benchmarks.workloads import Workload, write_tfrecord  # noqa: E402
-from tfrec import loadgen  # noqa: E402
-from tfrec.costmodel import bucket_of  # noqa: E402
-from tfrec.scheduling import CACHE_FILE  # noqa: E402
+from tfrec.schedule.costmodel import bucket_of  # noqa: E402
+from tfrec.schedule.scheduled import CACHE_FILE  # noqa: E402
+from tfrec_tools import loadgen  # noqa: E402
 
 WARMUP = Path("assets.extra") / "tf_serving_warmup_requests"
 ARMS = ("off", "on", "auto")
@@ -163,7 +163,7 @@ def in_process(name: str, base: Path, rounds: int) -> list[dict]:
     """`tfrec-schedule explain` of serving_default on the warmup requests: the step-stats
     figures and the three graphs timed in one process, alternating (no transport, no second
     server: the least noisy side by side this machine allows)."""
-    from tfrec.schedule_cli import explain
+    from tfrec_tools.schedule_cli import explain
 
     doc = explain(base / "1", ["serving_default"], rounds=rounds)
     out = []

@@ -86,7 +86,7 @@ class ConversionResult:
     signatures: dict[str, SignatureStats]
     seconds: float
     report: Path | None = None  # the HTML page, with --report
-    # With --schedule: `tfrec-schedule explain` of the new version (tfrec.schedule_cli).
+    # With --schedule: `tfrec-schedule explain` of the new version (tfrec_tools.schedule_cli).
     schedule: dict | None = None
 
     def to_json(self) -> dict:
@@ -156,7 +156,7 @@ def convert(
         result = ConversionResult(src, dst, user, proposal, stats, time.perf_counter() - start)
         if schedule:
             tell("profiling operator schedules", 0.9)
-            from tfrec.schedule_cli import explain
+            from tfrec_tools.schedule_cli import explain
 
             result.schedule = explain(staged, rounds=5)
             result.schedule["version_dir"] = str(dst)

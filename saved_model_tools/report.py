@@ -46,7 +46,7 @@ def summary(result: ConversionResult) -> str:
     for stats in result.signatures.values():
         lines += _signature_lines(stats)
     if result.schedule is not None:
-        from tfrec.schedule_cli import render
+        from tfrec_tools.schedule_cli import render
 
         lines += ["", render(result.schedule)]
     if result.report is not None:
@@ -86,7 +86,7 @@ def write_report(staged: Path, result: ConversionResult, parts: list[Partition])
             f"{_broadcast_list(stats)}{svg(part)}"
         )
     if result.schedule is not None:
-        from tfrec.schedule_cli import render
+        from tfrec_tools.schedule_cli import render
 
         sections.append(
             "<h2>Operator schedules (tfrec-schedule explain)</h2>"

@@ -11,7 +11,7 @@ import dataclasses
 import sys
 from typing import Any, NoReturn, TextIO
 
-from tfrec.settings import Settings, fields
+from tfrec.base.settings import Settings, fields
 
 __all__ = ["Settings", "field", "parse", "usage"]
 

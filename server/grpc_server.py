@@ -29,12 +29,12 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from tfrec import codecs
-from tfrec.affinity import name_os_thread
-from tfrec.errors import Code, ServingError
-from tfrec.metrics import Metrics
+from tfrec.base import codecs
+from tfrec.base.affinity import name_os_thread
+from tfrec.base.errors import Code, ServingError
+from tfrec.base.metrics import Metrics
 from tfrec.protos.ssl_config_pb2 import SSLConfig
-from tfrec.service import Service
+from tfrec.serving.service import Service
 
 log = logging.getLogger(__name__)
 

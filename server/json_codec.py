@@ -8,8 +8,8 @@ Pure functions over bytes, parsed bodies, numpy arrays and protos; the HTTP rout
     ...run the signature...
     return predict_response(outputs, row_format)
 
-Every failure is a `tfrec.errors.ServingError` whose message is TF-Serving's exact text; a
-route answers `error_body(err.message)` with status `tfrec.errors.http_status(err.code)`.
+Every failure is a `tfrec.base.errors.ServingError` whose message is TF-Serving's exact text; a
+route answers `error_body(err.message)` with status `tfrec.base.errors.http_status(err.code)`.
 The rules for JSON values and tensors live in `json_text`, `json_tensor` and `json_output`.
 """
 
@@ -43,7 +43,7 @@ from server.json_text import (
     parse_json,
     quote,
 )
-from tfrec.errors import InvalidArgument
+from tfrec.base.errors import InvalidArgument
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 _INT64_MAX = 2**63 - 1

@@ -20,8 +20,8 @@ import numpy as np
 import orjson
 
 from server.json_text import quote
-from tfrec.codecs import TensorParseError, dtype_of_array
-from tfrec.errors import InvalidArgument
+from tfrec.base.codecs import TensorParseError, dtype_of_array
+from tfrec.base.errors import InvalidArgument
 
 _POW10 = 10.0 ** np.arange(23)  # the powers of ten a double holds exactly
 # The dtypes AddSingleValueAndAdvance can write (not half, bfloat16, uint16, complex).

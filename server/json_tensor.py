@@ -18,8 +18,8 @@ import numpy as np
 from tensorflow.core.framework import types_pb2
 
 from server.json_text import b64decode, debug_string, is_b64, json_type, members
-from tfrec.codecs import BY_ENUM
-from tfrec.errors import InvalidArgument, ServingError, Unimplemented
+from tfrec.base.codecs import BY_ENUM
+from tfrec.base.errors import InvalidArgument, ServingError, Unimplemented
 
 # numpy arrays have at most 64 dimensions (TensorFlow allows 254).
 _MAX_RANK = 64

@@ -19,7 +19,7 @@ from typing import Any
 
 import rapidjson
 
-from tfrec.errors import InvalidArgument
+from tfrec.base.errors import InvalidArgument
 
 # rapidjson's debug strings in error messages stop growing past this many bytes.
 _DEBUG_LIMIT = 256

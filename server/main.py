@@ -69,7 +69,7 @@ def _validate(settings: flags.Settings) -> None:
 
 
 def _validate_lanes(settings: flags.Settings) -> None:
-    from tfrec import affinity
+    from tfrec.base import affinity
 
     if settings.session_run_mode not in ("auto", "pool", "inline"):
         raise StartupError(
@@ -213,14 +213,14 @@ class Server:
     def start(self, stop_requested: Callable[[], bool] = lambda: False) -> None:
         """Loads every model, then opens the ports; `stop_requested` aborts a long start-up."""
         # Imported here: TensorFlow reads its environment when it is first imported.
-        from tfrec import config as config_lib
-        from tfrec.errors import ServingError
-        from tfrec.manager import Manager
-        from tfrec.metrics import Metrics
-        from tfrec.runner import INLINE, POOLED
-        from tfrec.servable import Servable, session_config
-        from tfrec.service import Service
-        from tfrec.warmup import warm_up
+        from tfrec.base.errors import ServingError
+        from tfrec.base.metrics import Metrics
+        from tfrec.runtime.runner import INLINE, POOLED
+        from tfrec.serving import config as config_lib
+        from tfrec.serving.manager import Manager
+        from tfrec.serving.servable import Servable, session_config
+        from tfrec.serving.service import Service
+        from tfrec.serving.warmup import warm_up
 
         s = self.settings
         self.metrics = Metrics()
@@ -302,8 +302,8 @@ class Server:
 
     def _batching(self):  # type: ignore[no-untyped-def]
         """--enable_batching: the parameters file (or server.cc's defaults) and batch threads."""
-        from tfrec.batching import SERVER_THREAD_POOL_NAME, Batching, BatchingOptions
-        from tfrec.errors import ServingError
+        from tfrec.base.errors import ServingError
+        from tfrec.runtime.batching import SERVER_THREAD_POOL_NAME, Batching, BatchingOptions
 
         path = self.settings.batching_parameters_file
         try:
@@ -318,7 +318,7 @@ class Server:
 
     def _scheduling(self):  # type: ignore[no-untyped-def]
         """--scheduler auto/on: how every model version's signatures get schedules."""
-        from tfrec.scheduling import SchedulerOptions, Scheduling
+        from tfrec.schedule.scheduled import SchedulerOptions, Scheduling
 
         s = self.settings
         options = SchedulerOptions(mode=s.scheduler, cache_dir=s.scheduler_cache_dir)
@@ -330,8 +330,8 @@ class Server:
         """--session_num_per_group and friends: how every model version's lanes are built."""
         import tensorflow as tf
 
-        from tfrec.lanes import Lanes
-        from tfrec.session_group import OVERRIDE_ENV, GroupOptions
+        from tfrec.runtime.lanes import Lanes
+        from tfrec.runtime.session_group import OVERRIDE_ENV, GroupOptions
 
         s = self.settings
         gpu = s.use_multi_stream and bool(tf.config.list_physical_devices("GPU"))
@@ -368,7 +368,7 @@ class Server:
             health_servicer,
             ssl_credentials,
         )
-        from tfrec.errors import ServingError
+        from tfrec.base.errors import ServingError
 
         s = self.settings
         try:
@@ -423,8 +423,8 @@ class Server:
         log.info("Exporting HTTP/REST API at:localhost:%d ...", self.rest_port)
 
     def _watch_config_file(self) -> None:
-        from tfrec import config as config_lib
-        from tfrec.errors import ServingError
+        from tfrec.base.errors import ServingError
+        from tfrec.serving import config as config_lib
 
         path = self.settings.model_config_file
         period = self.settings.model_config_file_poll_wait_seconds

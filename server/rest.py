@@ -34,12 +34,12 @@ from aiohttp import web
 
 from server import json_codec
 from server.routes import Reply, Route, handle, parse_route
-from tfrec.affinity import name_os_thread
-from tfrec.errors import Code, InvalidArgument, http_status
-from tfrec.metrics import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
-from tfrec.metrics import Metrics
-from tfrec.service import Service
-from tfrec.settings import Settings
+from tfrec.base.affinity import name_os_thread
+from tfrec.base.errors import Code, InvalidArgument, http_status
+from tfrec.base.metrics import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
+from tfrec.base.metrics import Metrics
+from tfrec.base.settings import Settings
+from tfrec.serving.service import Service
 
 log = logging.getLogger(__name__)
 

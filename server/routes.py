@@ -20,8 +20,8 @@ from urllib.parse import unquote_to_bytes
 from tensorflow_serving.apis import model_pb2
 
 from server import json_codec
-from tfrec.errors import Code, InvalidArgument, ServingError
-from tfrec.service import Service
+from tfrec.base.errors import Code, InvalidArgument, ServingError
+from tfrec.serving.service import Service
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from tensorflow_serving.apis import (
 )
 
 from server.main import Server
-from tfrec.settings import Settings
+from tfrec.base.settings import Settings
 
 TESTDATA = Path(__file__).parent / "testdata" / "tfserving"
 HALF_PLUS_TWO = TESTDATA / "saved_model_half_plus_two_cpu"

@@ -30,7 +30,7 @@ from tests.conftest import (
     start,
     wait_for,
 )
-from tfrec.batching import BatchingOptions
+from tfrec.runtime.batching import BatchingOptions
 
 MATRIX = TESTDATA / "matrix_half_plus_two"
 LONG_WAIT_US = 10_000_000  # a batch timeout the tests never reach: only a full batch runs
@@ -181,7 +181,7 @@ def test_matrix_half_plus_two_batches_rows_of_matrices(
 
 @pytest.fixture(scope="module")
 def demo_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from server.demo_model import build
+    from tfrec_tools.demo_model import build
 
     base = tmp_path_factory.mktemp("demo")
     build(base)

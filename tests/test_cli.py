@@ -213,7 +213,7 @@ def test_readme_quick_start_snippets(tmp_path: Path) -> None:
     from saved_model_tools import convert
 
     subprocess.run(
-        [sys.executable, "-m", "server.demo_model", str(tmp_path / "original")],
+        [sys.executable, "-m", "tfrec_tools.demo_model", str(tmp_path / "original")],
         cwd=ROOT,
         check=True,
         capture_output=True,

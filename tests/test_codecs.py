@@ -8,7 +8,7 @@ import tensorflow as tf
 from ml_dtypes import bfloat16
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
-from tfrec import codecs
+from tfrec.base import codecs
 
 ARRAYS = [
     np.arange(6, dtype=np.float32).reshape(2, 3),

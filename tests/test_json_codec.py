@@ -22,7 +22,7 @@ from tensorflow_serving.apis import (
 )
 
 from server import json_codec, json_output, json_tensor, json_text
-from tfrec.errors import Code, ServingError, http_status
+from tfrec.base.errors import Code, ServingError, http_status
 
 FLOAT, DOUBLE, INT32, STRING = (
     types_pb2.DT_FLOAT,

@@ -42,13 +42,14 @@ from tests.conftest import (
     wait_for,
 )
 from tests.test_grpc_api import example_input, predict_request
-from tfrec import affinity, session_group
-from tfrec import lanes as lanes_module
-from tfrec.errors import ResourceExhausted, ServingError
-from tfrec.lanes import HEAVY_FLOOR_S, Cost, Dispatcher, Lanes, rows_of
-from tfrec.servable import Servable, session_config
-from tfrec.session_group import GroupOptions, SessionGroup
-from tfrec.settings import Settings
+from tfrec.base import affinity
+from tfrec.base.errors import ResourceExhausted, ServingError
+from tfrec.base.settings import Settings
+from tfrec.runtime import lanes as lanes_module
+from tfrec.runtime import session_group
+from tfrec.runtime.lanes import HEAVY_FLOOR_S, Cost, Dispatcher, Lanes, rows_of
+from tfrec.runtime.session_group import GroupOptions, SessionGroup
+from tfrec.serving.servable import Servable, session_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TF_SERVING_MODELS = [

@@ -19,7 +19,7 @@ from tests.conftest import (
     wait_for,
 )
 from tests.test_grpc_api import predict_request
-from tfrec.manager import State
+from tfrec.serving.manager import State
 
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 END = get_model_status_pb2.ModelVersionStatus.END

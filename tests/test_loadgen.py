@@ -1,4 +1,4 @@
-"""tfrec.loadgen: encodings, results, closed and open loops over gRPC and REST, error codes,
+"""tfrec_tools.loadgen: encodings, results, closed and open loops over gRPC and REST, error codes,
 and the blocking Endpoint against a real in-process tfrec server.
 
 gRPC load runs against the bare echo servicer of benchmarks/grpc_floor.py in-process; REST
@@ -23,7 +23,8 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from benchmarks.grpc_floor import EchoServicer
 from tests.conftest import HALF_PLUS_TWO, Running, free_port
-from tfrec import codecs, loadgen
+from tfrec.base import codecs
+from tfrec_tools import loadgen
 
 
 def request(x: np.ndarray, model: str = "m", signature: str = "") -> predict_pb2.PredictRequest:

@@ -9,8 +9,8 @@ import pytest
 
 from tests.conftest import HALF_PLUS_TWO
 from tests.test_grpc_api import example_input, predict_request
-from tfrec.errors import Code
-from tfrec.metrics import LATENCY_BUCKETS_US, Metrics
+from tfrec.base.errors import Code
+from tfrec.base.metrics import LATENCY_BUCKETS_US, Metrics
 
 
 def test_text_format_is_tf_servings() -> None:

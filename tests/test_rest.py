@@ -41,8 +41,8 @@ from tests.conftest import (
     free_port,
     start,
 )
-from tfrec.metrics import Metrics
-from tfrec.settings import Settings
+from tfrec.base.metrics import Metrics
+from tfrec.base.settings import Settings
 
 TWO = "saved_model_half_plus_two_2_versions"
 SPECIAL_NAME = "modelname!#$%&'()*+,/:;=?@[]"

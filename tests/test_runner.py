@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import HALF_PLUS_TWO, TF2
-from tfrec.runner import INLINE, POOLED, Runner
-from tfrec.servable import Servable, session_config
+from tfrec.runtime.runner import INLINE, POOLED, Runner
+from tfrec.serving.servable import Servable, session_config
 
 
 def load(base) -> Servable:  # type: ignore[no-untyped-def]

@@ -19,12 +19,15 @@ from benchmarks.workloads import Workload
 from saved_model_tools import convert
 from server.main import StartupError, _validate
 from tests.conftest import COUNTER
-from tfrec import costmodel, schedule_cli, scheduler, scheduling
-from tfrec.costmodel import Bucket, CostModel, Trace
-from tfrec.lanes import Lanes
-from tfrec.servable import Servable, session_config
-from tfrec.session_group import GroupOptions
-from tfrec.settings import Settings
+from tfrec.base.settings import Settings
+from tfrec.runtime.lanes import Lanes
+from tfrec.runtime.session_group import GroupOptions
+from tfrec.schedule import costmodel
+from tfrec.schedule import planner as scheduler
+from tfrec.schedule import scheduled as scheduling
+from tfrec.schedule.costmodel import Bucket, CostModel, Trace
+from tfrec.serving.servable import Servable, session_config
+from tfrec_tools import schedule_cli
 
 TWIN = "serving_default_structured"
 BRANCHES, WIDTH = 4, 384

@@ -11,7 +11,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
 from tests import structured_model
-from tfrec import codecs
+from tfrec.base import codecs
 from tfrec.client import structured_request
 
 N = 7

@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from tensorflow_serving.apis import predict_pb2
 
-from tfrec import codecs
+from tfrec.base import codecs
 
 STRUCTURED_SUFFIX = "_structured"
 

@@ -84,8 +84,11 @@ def dense(name: str, width: int) -> Feature:
     return Feature(name, "float32", (width,))
 
 
-def strings(name: str, vocab: tuple[str, ...]) -> Feature:
-    return Feature(name, "string", vocab=vocab)
+def strings(name: str, vocab: tuple[str, ...], length: int = 0) -> Feature:
+    """A string input, or a sequence of `length` strings per row if length > 0 (every step
+    holds a value from `vocab`: string sequences are not padded)."""
+    shape = (length,) if length else ()
+    return Feature(name, "string", shape, vocab=vocab)
 
 
 @dataclasses.dataclass(frozen=True)

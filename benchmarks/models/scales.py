@@ -6,6 +6,7 @@ import dataclasses
 
 SEQ_LEN = 100  # DIN / DIEN behaviour sequence
 LONG_SEQ_LEN = 200  # user-heavy ranker's behaviour sequence
+STRING_HIST_LEN = 50  # string ranker's behaviour history (item-id strings)
 
 COUNTRIES = (
     "US", "GB", "DE", "FR", "JP", "CN", "IN", "BR", "CA", "AU",
@@ -35,6 +36,8 @@ class Dims:
     dlrm_emb: int  # DLRM embedding width (= bottom-MLP output)
     dlrm_users: int  # DLRM user-id vocabulary (its largest table)
     dlrm_items: int  # DLRM item-id vocabulary
+    string_users: int  # string ranker's user-id strings
+    string_items: int  # string ranker's item-id strings (candidates and history)
 
 
 TINY = Dims(
@@ -56,6 +59,8 @@ TINY = Dims(
     dlrm_emb=8,
     dlrm_users=500,
     dlrm_items=1000,
+    string_users=500,
+    string_items=1000,
 )
 
 FULL = Dims(
@@ -77,6 +82,8 @@ FULL = Dims(
     dlrm_emb=64,
     dlrm_users=1_000_000,
     dlrm_items=600_000,
+    string_users=50_000,  # vocabularies live in the graph and in the sidecar: kept modest
+    string_items=50_000,
 )
 
 SCALES = {"tiny": TINY, "full": FULL}
@@ -84,6 +91,11 @@ SCALES = {"tiny": TINY, "full": FULL}
 
 def brand_vocab(dims: Dims) -> tuple[str, ...]:
     return tuple(f"brand_{i:05d}" for i in range(dims.brands))
+
+
+def string_vocab(prefix: str, size: int) -> tuple[str, ...]:
+    """The string ranker's ids: `user_000042`-style, one per row of its embedding table."""
+    return tuple(f"{prefix}_{i:06d}" for i in range(size))
 
 
 def dlrm_table_rows(dims: Dims) -> dict[str, int]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from benchmarks.models import dlrm, sequence, tabular
+from benchmarks.models import dlrm, sequence, tabular, tfrs
 from benchmarks.models.built import Built
 from benchmarks.models.features import Sidecar, sample
 from benchmarks.models.scales import SCALES, Dims
@@ -30,6 +30,7 @@ BUILDERS: dict[str, Callable[[Dims], Built]] = {
     "dien": sequence.dien,
     "mmoe": tabular.mmoe,
     "user_heavy": sequence.user_heavy,
+    "strings": tfrs.string_ranker,
 }
 NAMES = tuple(BUILDERS)
 TOLERANCE = 1e-5

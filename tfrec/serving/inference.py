@@ -9,8 +9,8 @@ import numpy as np
 from google.protobuf import text_format
 from tensorflow_serving.apis import classification_pb2, input_pb2, regression_pb2
 
-from tfrec.errors import InvalidArgument
-from tfrec.servable import Servable, Signature
+from tfrec.base.errors import InvalidArgument
+from tfrec.serving.servable import Servable, Signature
 
 CLASSIFY = "tensorflow/serving/classify"
 REGRESS = "tensorflow/serving/regress"
@@ -26,7 +26,7 @@ def _shape_string(array: np.ndarray) -> str:
 
 
 def _dtype_name(array: np.ndarray) -> str:
-    from tfrec import codecs
+    from tfrec.base import codecs
 
     return "DT_" + codecs.dtype_of_array(array).name.upper()
 

@@ -1,12 +1,12 @@
 """Scheduled graphs at run time: profile, plan, import, time, and keep whichever is faster.
 
 `--scheduler` (`auto` by default) wraps every signature's `Runner` (the *unscheduled* run: TF's
-inter-op pool or the calling thread, whichever `tfrec.runner` measured faster) in a
+inter-op pool or the calling thread, whichever `tfrec.runtime.runner` measured faster) in a
 `ScheduledRunner`. Per bucket of rows (`costmodel.bucket_of`) a ScheduledRunner goes through:
 
 1. **wait** until the Runner has chosen the bucket's mode: that choice is the baseline;
 2. **profile**: `PROFILE_RUNS` runs are traced (`costmodel.Trace`: they are real runs, traced);
-3. **build**: the bucket's costs are planned onto the pool's slots (`tfrec.scheduler`), the
+3. **build**: the bucket's costs are planned onto the pool's slots (`tfrec.schedule.planner`), the
    rewritten graph imported into the session as a new copy (`tfrec_schedule<i>/...`, its
    variables and tables input-mapped onto the one restored copy, as SessionGroup replicas are)
    and a callable made for it. Buckets whose plans agree share one copy;
@@ -41,12 +41,13 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
 
-from tfrec import costmodel, scheduler
-from tfrec.costmodel import CostModel, Trace, bucket_of, rows_of
+from tfrec.schedule import costmodel
+from tfrec.schedule import planner as scheduler
+from tfrec.schedule.costmodel import CostModel, Trace, bucket_of, rows_of
 
 if TYPE_CHECKING:
-    from tfrec.metrics import Metrics
-    from tfrec.runner import Runner
+    from tfrec.base.metrics import Metrics
+    from tfrec.runtime.runner import Runner
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class Decision:
     unscheduled_ms: float = 0.0
     scheduled_ms: float = 0.0
     plan: scheduler.Plan | None = None
-    baseline: str = ""  # how unscheduled runs execute: "pool" or "inline" (tfrec.runner)
+    baseline: str = ""  # how unscheduled runs execute: "pool" or "inline" (tfrec.runtime.runner)
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {

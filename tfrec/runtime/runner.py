@@ -8,7 +8,7 @@ against 18.7 us pooled; DLRM at N=1000 4.7 ms against 5.8 ms; but MMoE at N=100 
 experts) 3.7 ms against 2.2 ms, and DIEN's GRU loop 13.9 ms against 10.1 ms.
 
 The answer also depends on the size of the run (DLRM: 0.85 ms inline against 1.03 ms pooled
-at N=100, even at N=1000), so a Runner decides per *bucket* of rows (`tfrec.costmodel
+at N=100, even at N=1000), so a Runner decides per *bucket* of rows (`tfrec.schedule.costmodel
 .bucket_of`: the largest dim 0 among the feeds, rounded up to a power of two): it times both
 modes on the bucket's first live calls, alternating, and then keeps the faster one for good:
 never slower than TensorFlow's default by more than the trial's noise. (Timing calls of
@@ -22,12 +22,12 @@ warmup requests, `settle` replays them one at a time at load until every bucket 
 has decided: a version serves with its modes chosen, the same way on every start, and as
 TF-Serving users measure latency. Buckets without warmup data decide on their first live calls.
 
-A SessionGroup lane (`tfrec.lanes`) builds its Runners with `pool=i`: they always run on the
+A SessionGroup lane (`tfrec.runtime.lanes`) builds its Runners with `pool=i`: they always run on the
 lane's inter-op pool i, except the light runs the lane dispatcher sends to the caller's thread
 (`inline`, built only when asked for with `inline=True`): no trial there, the dispatcher decides.
 
 With the operator scheduler (`--scheduler`), `schedules` is set to a
-`tfrec.scheduling.ScheduledRunner`: every call goes through it, and it runs either this
+`tfrec.schedule.scheduled.ScheduledRunner`: every call goes through it, and it runs either this
 Runner's `unscheduled` path (the mode chosen above: the baseline) or, per bucket of rows, a
 critical-path schedule of the graph that measured faster.
 """
@@ -45,7 +45,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
 
-from tfrec.costmodel import bucket_of, rows_of
+from tfrec.schedule.costmodel import bucket_of, rows_of
 
 log = logging.getLogger(__name__)
 

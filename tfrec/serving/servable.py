@@ -3,15 +3,15 @@
 `Servable.load` restores the MetaGraph tagged `serve` into a private graph and session (running
 its init/main op, so tables are initialised), then serves signatures through cached
 `Session` callables: one Runner per (feed tensors, fetch tensors) combination, built on first
-use (`tfrec.runner` picks TF's inter-op pool or the calling thread by measuring both). A
+use (`tfrec.runtime.runner` picks TF's inter-op pool or the calling thread by measuring both). A
 callable run costs 5-20 us of Python, against ~160 us for `Session.run`, and it does no
 Python-side shape checks (TF-Serving does none either).
 
 With `--session_num_per_group` > 1 (`lanes`), the session is a SessionGroup's and every run
-goes to one of its lanes (`tfrec.lanes`); without it nothing on the request path changes.
+goes to one of its lanes (`tfrec.runtime.lanes`); without it nothing on the request path changes.
 
 With `--scheduler` auto or on (`scheduling`), each Runner's calls go through a
-`tfrec.scheduling.ScheduledRunner`: per bucket of rows, a critical-path schedule of the
+`tfrec.schedule.scheduled.ScheduledRunner`: per bucket of rows, a critical-path schedule of the
 signature's graph is built from traced runs and kept where it measures faster.
 `settle` (after warmup) finishes those decisions, and each Runner's choice of execution
 mode, before the version serves.
@@ -36,12 +36,14 @@ from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
 from tensorflow.core.protobuf.meta_graph_pb2 import SignatureDef
 from tensorflow.python.util import deprecation
 
-from tfrec import affinity, codecs, scheduler, structured
-from tfrec.batching import Batcher, Batching
-from tfrec.errors import InvalidArgument, ServingError, from_tf_error
-from tfrec.lanes import LaneGroup, Lanes
-from tfrec.runner import Runner
-from tfrec.scheduling import Scheduler, Scheduling
+from tfrec.base import affinity, codecs
+from tfrec.base.errors import InvalidArgument, ServingError, from_tf_error
+from tfrec.runtime.batching import Batcher, Batching
+from tfrec.runtime.lanes import LaneGroup, Lanes
+from tfrec.runtime.runner import Runner
+from tfrec.schedule import planner as scheduler
+from tfrec.schedule.scheduled import Scheduler, Scheduling
+from tfrec.serving import structured
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +141,7 @@ class Servable:
 
         With `batching`, every `run` goes through a batcher on the server's batch threads.
         With `lanes`, the version is a SessionGroup and every run goes to one of its lanes.
-        `run_mode` fixes how runs without lanes execute (`tfrec.runner`); None times both.
+        `run_mode` fixes how runs without lanes execute (`tfrec.runtime.runner`); None times both.
         With `scheduling`, signatures get critical-path schedules where they measure faster.
         """
         started = time.monotonic()

@@ -55,19 +55,19 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from tfrec.affinity import format_cpus
-from tfrec.costmodel import rows_of
-from tfrec.errors import ResourceExhausted, from_tf_error
-from tfrec.runner import Runner
-from tfrec.session_group import GroupOptions, SessionGroup
+from tfrec.base.affinity import format_cpus
+from tfrec.base.errors import ResourceExhausted, from_tf_error
+from tfrec.runtime.runner import Runner
+from tfrec.runtime.session_group import GroupOptions, SessionGroup
+from tfrec.schedule.costmodel import rows_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from tensorflow.core.protobuf import config_pb2
 
-    from tfrec.metrics import Metrics
-    from tfrec.scheduling import Scheduler
+    from tfrec.base.metrics import Metrics
+    from tfrec.schedule.scheduled import Scheduler
 
 log = logging.getLogger(__name__)
 

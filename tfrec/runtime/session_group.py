@@ -44,8 +44,8 @@ from tensorflow.python.ops import gen_resource_variable_ops, gen_state_ops
 from tensorflow.python.saved_model import loader_impl
 from tensorflow.python.util import deprecation
 
-from tfrec import affinity
-from tfrec.errors import ServingError
+from tfrec.base import affinity
+from tfrec.base.errors import ServingError
 
 log = logging.getLogger(__name__)
 

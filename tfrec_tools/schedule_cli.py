@@ -11,8 +11,8 @@ ids in any table), strings empty (out of vocabulary), drawn from numpy's default
 0 by default). Dimensions fixed to 1 in the signature (the per-user inputs of a structured
 twin) stay 1.
 
-`profile` writes the cost models (`tfrec.costmodel`) of every signature that can be scheduled
-to `VERSION_DIR/assets.extra/tfrec_cost_model.json` (or `--out`): the server then uses those
+`profile` writes the cost models (`tfrec.schedule.costmodel`) of every signature that can be
+scheduled to `VERSION_DIR/assets.extra/tfrec_cost_model.json` (or `--out`): the server then uses those
 costs instead of its own profile where the executed graph is the same. `explain` prints, per
 signature and bucket of rows: the critical path, each slot's order, the control edges, and the
 predicted time against the measured one (unscheduled on TF's inter-op pool and in the calling
@@ -61,7 +61,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from tfrec import costmodel
+    from tfrec.schedule import costmodel
 
     if args.command == "profile":
         models = profile(args.version_dir, args.signature, args.requests, args.n, args.seed,
@@ -128,7 +128,7 @@ def requests(
     """Inputs (alias -> array) of the requests to profile `name` with."""
     from tensorflow_serving.apis import prediction_log_pb2
 
-    from tfrec import codecs
+    from tfrec.base import codecs
 
     path = file or (version_dir / WARMUP)
     found: list[dict[str, np.ndarray]] = []
@@ -158,7 +158,7 @@ class _Loaded:
     def __init__(self, version_dir: Path, devices: int = 1) -> None:
         import tensorflow as tf
 
-        from tfrec.servable import session_config
+        from tfrec.serving.servable import session_config
 
         config = session_config(0, 0)
         config.device_count["CPU"] = max(1, devices)
@@ -182,7 +182,7 @@ class _Loaded:
 
 
 def _trace(loaded: _Loaded, name: str, batch: list[dict[str, np.ndarray]], runs: int) -> Any:
-    from tfrec.costmodel import Trace
+    from tfrec.schedule.costmodel import Trace
 
     trace = Trace(loaded.session, *loaded.key(name))
     for inputs in batch:
@@ -200,7 +200,7 @@ def profile(
     runs: int,
 ) -> list[Any]:
     """Cost models of the version's signatures (those that only read state)."""
-    from tfrec.scheduler import state_writers
+    from tfrec.schedule.planner import state_writers
 
     loaded = _Loaded(version_dir)
     models = []
@@ -230,8 +230,9 @@ def explain(
     rounds: int = 15,
 ) -> dict[str, Any]:
     """Per signature and bucket: the plan, its prediction and the measured times."""
-    from tfrec import affinity, scheduler
-    from tfrec.costmodel import bucket_of, rows_of
+    from tfrec.base import affinity
+    from tfrec.schedule import planner as scheduler
+    from tfrec.schedule.costmodel import bucket_of, rows_of
 
     slots = slots or len(affinity.allowed_cpus())
     loaded = _Loaded(version_dir, slots if realisation == "place" else 1)
@@ -269,7 +270,7 @@ def _measure(loaded: _Loaded, name: str, graph: Any, plan: Any, calls: list, rou
     import tensorflow as tf
     from tensorflow.core.protobuf import config_pb2
 
-    from tfrec import scheduler
+    from tfrec.schedule import planner as scheduler
 
     feeds, fetches = loaded.key(name)
     fns = {}

@@ -16,11 +16,11 @@ from pathlib import Path
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-from tfrec import codecs
-from tfrec.errors import Code, InvalidArgument, ServingError, Unimplemented
-from tfrec.metrics import Metrics
-from tfrec.servable import Servable
-from tfrec.service import Service
+from tfrec.base import codecs
+from tfrec.base.errors import Code, InvalidArgument, ServingError, Unimplemented
+from tfrec.base.metrics import Metrics
+from tfrec.serving.servable import Servable
+from tfrec.serving.service import Service
 
 log = logging.getLogger(__name__)
 

@@ -41,8 +41,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from google.protobuf import text_format
 
-from tfrec import codecs
-from tfrec.errors import (
+from tfrec.base import codecs
+from tfrec.base.errors import (
     Code,
     FailedPrecondition,
     Internal,
@@ -54,8 +54,8 @@ from tfrec.errors import (
 if TYPE_CHECKING:
     from prometheus_client import Histogram
 
-    from tfrec.metrics import Metrics
-    from tfrec.servable import Servable
+    from tfrec.base.metrics import Metrics
+    from tfrec.serving.servable import Servable
 
 log = logging.getLogger(__name__)
 

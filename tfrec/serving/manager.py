@@ -27,15 +27,15 @@ from pathlib import Path
 
 from tensorflow_serving.apis import model_pb2
 
-from tfrec import config as config_lib
-from tfrec.errors import (
+from tfrec.base.errors import (
     Code,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     ServingError,
 )
-from tfrec.servable import Servable
+from tfrec.serving import config as config_lib
+from tfrec.serving.servable import Servable
 
 log = logging.getLogger(__name__)
 

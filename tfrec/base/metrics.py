@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import Metric
 
-from tfrec.errors import Code
+from tfrec.base.errors import Code
 
 CONTENT_TYPE = "text/plain; charset=utf-8"
 

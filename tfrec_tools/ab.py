@@ -39,7 +39,8 @@ import tensorflow as tf
 from tensorflow.python.util import deprecation
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-from tfrec import codecs, loadgen
+from tfrec.base import codecs
+from tfrec_tools import loadgen
 
 Request: TypeAlias = predict_pb2.PredictRequest
 Arrays = dict[str, np.ndarray]

@@ -23,12 +23,13 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.apis.model_pb2 import ModelSpec
 
-from tfrec import codecs, inference, structured
-from tfrec.config import ModelServerConfig
-from tfrec.errors import FailedPrecondition, Internal, InvalidArgument, Unimplemented
-from tfrec.manager import Manager
-from tfrec.metrics import Metrics
-from tfrec.servable import Servable, Signature
+from tfrec.base import codecs
+from tfrec.base.errors import FailedPrecondition, Internal, InvalidArgument, Unimplemented
+from tfrec.base.metrics import Metrics
+from tfrec.serving import inference, structured
+from tfrec.serving.config import ModelServerConfig
+from tfrec.serving.manager import Manager
+from tfrec.serving.servable import Servable, Signature
 
 DEFAULT_SIGNATURE = "serving_default"
 Decode = Callable[[Any], np.ndarray]

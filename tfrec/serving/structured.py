@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tfrec.errors import InvalidArgument
+from tfrec.base.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
 

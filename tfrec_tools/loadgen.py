@@ -60,7 +60,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from tfrec import codecs
+from tfrec.base import codecs
 
 PROTOCOLS = ("grpc", "rest")
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"

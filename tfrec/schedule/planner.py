@@ -36,7 +36,7 @@ from typing import Any
 from tensorflow.core.framework import graph_pb2, node_def_pb2, types_pb2
 from tensorflow.python.framework import op_def_registry
 
-from tfrec.costmodel import Bucket
+from tfrec.schedule.costmodel import Bucket
 
 REALISATIONS = ("place", "order")
 HOP_US = {"place": 20.0, "order": 2.0}  # a cross-slot edge: Send/Recv and an executor hand-off

@@ -9,7 +9,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tensorflow_serving.config.model_server_config_pb2 import ModelConfig, ModelServerConfig
 
-from tfrec.errors import Code, InvalidArgument, ServingError
+from tfrec.base.errors import Code, InvalidArgument, ServingError
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ features; embeddings + an MLP; output `score` in (0, 1), shape [N, 1]. Weights a
 but seeded, so every build gives the same model. Exported with `tf.saved_model.save` in
 TF-Serving's version layout (`<out>/1/`).
 
-    python -m server.demo_model models/demo
+    python -m tfrec_tools.demo_model models/demo
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Shared base: errors, tensor codecs, metrics, settings, CPU affinity."""

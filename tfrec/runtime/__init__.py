@@ -1,0 +1,1 @@
+"""Runtime stages a run descends through: route, batch, lane, runner."""

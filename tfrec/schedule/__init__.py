@@ -1,0 +1,1 @@
+"""Operator scheduling: cost models, critical-path plans, scheduled graphs on trial."""
