@@ -19,6 +19,10 @@ _INT32 = (-(2**31), 2**31 - 1)
 _BOOL = {"true": True, "1": True, "false": False, "0": False}
 
 
+class StartupError(Exception):
+    """A start-up failure, printed as TF-Serving prints it before exiting with 255."""
+
+
 def usage() -> str:
     lines = ["usage: tfrec_model_server", "Flags:"]
     for f in fields():

@@ -8,12 +8,11 @@ logged with its traceback and becomes INTERNAL. Message size limits are INT32_MA
 from __future__ import annotations
 
 import concurrent.futures
-import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from google.protobuf import text_format
@@ -23,8 +22,10 @@ from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
     model_management_pb2,
+    model_service_pb2,
     model_service_pb2_grpc,
     predict_pb2,
+    prediction_service_pb2,
     prediction_service_pb2_grpc,
     regression_pb2,
 )
@@ -34,6 +35,7 @@ from tfrec.base.affinity import name_os_thread
 from tfrec.base.errors import Code, ServingError
 from tfrec.base.metrics import Metrics
 from tfrec.protos.ssl_config_pb2 import SSLConfig
+from tfrec.serving.request import Request
 from tfrec.serving.service import Service
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,8 @@ MAX_MESSAGE_BYTES = 2**31 - 1
 _MAX_ERROR_BYTES = 1024
 _INT32 = (-(2**31), 2**31 - 1)
 
-F = TypeVar("F", bound=Callable[..., Any])
+_PREDICTION_SERVICE = prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"]
+_MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"]
 
 
 def grpc_message(message: str) -> str:
@@ -60,36 +63,46 @@ def _status_code(error: ServingError) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
-def _rpc(method: F) -> F:
-    """Turns ServingErrors (and crashes) into gRPC statuses.
+def _translated(name: str, method: Callable[..., Any], metrics: Metrics | None) -> Any:
+    """One RPC with ServingErrors (and crashes) turned into gRPC statuses.
 
     Predict, Classify and Regress are also counted in the request metrics, as TF-Serving
     counts them (request_count by status; request_latency when they succeed).
     """
-    counted = method.__name__ in ("Predict", "Classify", "Regress")
+    counted = metrics is not None and name in ("Predict", "Classify", "Regress")
 
-    @functools.wraps(method)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+    def rpc(request: Any, context: grpc.ServicerContext) -> Any:
         start = time.perf_counter()
         code = Code.OK
         try:
-            return method(self, request, context)
+            return method(request, context)
         except ServingError as err:
             code = err.code
             context.abort(_status_code(err), grpc_message(err.message))
         except Exception as err:
             code = Code.INTERNAL
-            log.exception("%s failed", method.__name__)
+            log.exception("%s failed", name)
             context.abort(grpc.StatusCode.INTERNAL, grpc_message(f"{type(err).__name__}: {err}"))
         finally:
-            metrics = self.metrics
-            if counted and metrics is not None:
-                model = request.model_spec.name
-                metrics.observe_request(
-                    model, method.__name__, "GRPC", code, time.perf_counter() - start
-                )
+            if counted:
+                assert metrics is not None
+                elapsed = time.perf_counter() - start
+                metrics.observe_request(request.model_spec.name, name, "GRPC", code, elapsed)
 
-    return wrapper  # type: ignore[return-value]
+    return rpc
+
+
+def _install(servicer: Any, service: Any, metrics: Metrics | None) -> Any:
+    """Wraps every RPC of `servicer` once, at registration (`service`: its descriptor)."""
+    for method in service.methods:
+        setattr(servicer, method.name, _translated(method.name, getattr(servicer, method.name),
+                                                   metrics))  # fmt: skip
+    return servicer
+
+
+def _deadline(context: grpc.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
 
 
 def _spec(request: Any) -> Any:
@@ -97,38 +110,30 @@ def _spec(request: Any) -> Any:
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(
-        self, service: Service, tensor_content: bool = False, metrics: Metrics | None = None
-    ) -> None:
+    def __init__(self, service: Service, tensor_content: bool = False) -> None:
         self._service = service
         self._tensor_content = tensor_content
-        self.metrics = metrics
 
-    @_rpc
     def Predict(self, request: predict_pb2.PredictRequest, context: Any) -> Any:
         spec, outputs = self._service.predict(
-            _spec(request), request.inputs, request.output_filter, codecs.to_ndarray
+            Request(_spec(request), request.inputs, request.output_filter, _deadline(context))
         )
         response = predict_pb2.PredictResponse(model_spec=spec)
         for alias, array in outputs.items():
             codecs.from_ndarray(array, self._tensor_content, response.outputs[alias])
         return response
 
-    @_rpc
     def Classify(self, request: classification_pb2.ClassificationRequest, context: Any) -> Any:
         spec, result = self._service.classify(_spec(request), request.input)
         return classification_pb2.ClassificationResponse(model_spec=spec, result=result)
 
-    @_rpc
     def Regress(self, request: regression_pb2.RegressionRequest, context: Any) -> Any:
         spec, result = self._service.regress(_spec(request), request.input)
         return regression_pb2.RegressionResponse(model_spec=spec, result=result)
 
-    @_rpc
     def MultiInference(self, request: Any, context: Any) -> Any:
         return self._service.multi_inference(request)
 
-    @_rpc
     def GetModelMetadata(
         self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: Any
     ) -> Any:
@@ -141,15 +146,12 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self, service: Service) -> None:
         self._service = service
-        self.metrics = None
 
-    @_rpc
     def GetModelStatus(
         self, request: get_model_status_pb2.GetModelStatusRequest, context: Any
     ) -> Any:
         return self._service.model_status(_spec(request))
 
-    @_rpc
     def HandleReloadConfigRequest(
         self, request: model_management_pb2.ReloadConfigRequest, context: Any
     ) -> Any:
@@ -223,10 +225,11 @@ def build_server(
         ),
         options=options,
     )
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(service, tensor_content, metrics), server
-    )
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(service), server)
+    prediction = PredictionServicer(service, tensor_content)
+    _install(prediction, _PREDICTION_SERVICE, metrics)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction, server)
+    models = _install(ModelServicer(service), _MODEL_SERVICE, None)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(models, server)
     for add in extra_servicers:
         add(server)
     return server

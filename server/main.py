@@ -20,79 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from server import flags
+from server.flags import StartupError
 
 log = logging.getLogger("tfrec")
 
 # Seconds a shutdown waits for requests in flight before cancelling them.
 SHUTDOWN_GRACE_S = 30.0
-
-
-class StartupError(Exception):
-    """A start-up failure, printed as TF-Serving prints it before exiting with 255."""
-
-
-def _validate(settings: flags.Settings) -> None:
-    def invalid(message: str) -> StartupError:
-        return StartupError(f"INVALID_ARGUMENT: {message}")
-
-    if not settings.port and not settings.grpc_socket_path:
-        raise invalid(
-            "At least one of server_options.grpc_port or server_options.grpc_socket_path must "
-            "be set."
-        )
-    if settings.use_alts_credentials and settings.ssl_config_file:
-        raise invalid("Either use_alts_credentials must be false or ssl_config_file must be empty.")
-    if not settings.model_base_path and not settings.model_config_file:
-        raise invalid(
-            "Both server_options.model_base_path and server_options.model_config_file are empty!"
-        )
-    if settings.batching_parameters_file and not settings.enable_batching:
-        raise invalid(
-            "server_options.batching_parameters_file is set without setting "
-            "server_options.enable_batching to true."
-        )
-    if settings.structured_dedup not in ("auto", "off"):
-        raise invalid(f"--structured_dedup must be auto or off, got {settings.structured_dedup}")
-    if settings.scheduler not in ("auto", "on", "off"):
-        raise invalid(f"--scheduler must be auto, on or off, got {settings.scheduler}")
-    _validate_lanes(settings)
-    if (
-        settings.tensorflow_session_parallelism > 0
-        and settings.tensorflow_intra_op_parallelism > 0
-        and settings.tensorflow_inter_op_parallelism > 0
-    ):
-        raise invalid(
-            "Either configure server_options.tensorflow_session_parallelism or "
-            "(server_options.tensorflow_intra_op_parallelism, "
-            "server_options.tensorflow_inter_op_parallelism) separately. You cannot configure all."
-        )
-
-
-def _validate_lanes(settings: flags.Settings) -> None:
-    from tfrec.base import affinity
-
-    if settings.session_run_mode not in ("auto", "pool", "inline"):
-        raise StartupError(
-            "INVALID_ARGUMENT: --session_run_mode must be auto, pool or inline, got "
-            f"{settings.session_run_mode}"
-        )
-    k = settings.session_num_per_group
-    if k < 1:
-        raise StartupError(f"INVALID_ARGUMENT: --session_num_per_group must be >= 1, got {k}")
-    if settings.select_session_policy not in ("reserve", "least_work"):
-        raise StartupError(
-            "INVALID_ARGUMENT: --select_session_policy must be reserve or least_work, got "
-            f"{settings.select_session_policy}"
-        )
-    if settings.session_group_queue_capacity < 1:
-        raise StartupError("INVALID_ARGUMENT: --session_group_queue_capacity must be >= 1")
-    if settings.session_group_cpusets:
-        if not affinity.supported():
-            raise StartupError("UNIMPLEMENTED: --session_group_cpusets needs Linux")
-        try:
-            affinity.parse_cpusets(settings.session_group_cpusets, k)
-        except affinity.CpusetError as err:
-            raise StartupError(f"INVALID_ARGUMENT: --session_group_cpusets: {err}") from err
 
 
 def tune_malloc() -> None:
@@ -155,10 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in explicit:
         if flags.field(name).metadata.get("accepted"):
             log.warning("--%s is accepted for compatibility and has no effect in tfrec", name)
+    from server.assemble import validate
+
     signals = _Signals()
     server: Server | None = None
     try:
-        _validate(settings)
+        validate(settings)
         tune_malloc()
         server = Server(settings)
         server.start(stop_requested=signals.received)
@@ -213,71 +148,27 @@ class Server:
     def start(self, stop_requested: Callable[[], bool] = lambda: False) -> None:
         """Loads every model, then opens the ports; `stop_requested` aborts a long start-up."""
         # Imported here: TensorFlow reads its environment when it is first imported.
+        from server.assemble import load_options
         from tfrec.base.errors import ServingError
         from tfrec.base.metrics import Metrics
-        from tfrec.runtime.runner import INLINE, POOLED
         from tfrec.serving import config as config_lib
+        from tfrec.serving.handlers import Handlers
+        from tfrec.serving.loader import Loader
         from tfrec.serving.manager import Manager
-        from tfrec.serving.servable import Servable, session_config
         from tfrec.serving.service import Service
-        from tfrec.serving.warmup import warm_up
 
         s = self.settings
         self.metrics = Metrics()
         self.prometheus_path = _prometheus_path(s.monitoring_config_file)
-        intra, inter = s.session_threads()
-        tf_config = session_config(intra, inter, s.tensorflow_session_config_file)
-        tags = s.tags
-        batching = self._batching() if s.enable_batching else None
-        lanes = self._lanes() if s.session_group() else None
-        if s.use_per_session_threads and lanes is None:
-            tf_config.use_per_session_threads = True
-        run_mode = {"auto": None, "pool": POOLED, "inline": INLINE}[s.session_run_mode]
-        scheduling = self._scheduling() if s.scheduler != "off" else None
-
-        def load(name: str, version: int, path):  # type: ignore[no-untyped-def]
-            started = time.perf_counter()
-            try:
-                servable = Servable.load(
-                    name,
-                    version,
-                    path,
-                    tags,
-                    tf_config,
-                    batching=batching,
-                    lanes=lanes,
-                    run_mode=run_mode,
-                    scheduling=scheduling,
-                )
-            except ServingError:
-                self.metrics.load_attempt_count.labels(str(path), "fail").inc()
-                raise
-            self.metrics.load_attempt_count.labels(str(path), "success").inc()
-            self.metrics.load_latency.labels(str(path)).inc((time.perf_counter() - started) * 1e6)
-            if s.enable_model_warmup:
-                try:
-                    warm_up(
-                        self.service, servable, s.num_request_iterations_for_warmup, self.metrics
-                    )
-                except ServingError:
-                    servable.close()
-                    raise
-            servable.settle()  # the decisions warmup started: run modes, schedules
-            return servable
-
+        handlers = Handlers(method_check=s.enable_signature_method_name_check, metrics=self.metrics)
         self.manager = Manager(
-            load,
+            Loader(load_options(s, self.metrics), handlers, self.metrics),
             max_load_retries=s.max_num_load_retries,
             load_retry_interval_s=s.load_retry_interval_micros / 1e6,
             load_threads=s.num_load_threads,
             allow_labels_for_unavailable=s.allow_version_labels_for_unavailable_models,
         )
-        self.service = Service(
-            self.manager,
-            method_check=s.enable_signature_method_name_check,
-            metrics=self.metrics,
-            structured_dedup=s.structured_dedup != "off",
-        )
+        self.service = Service(self.manager, handlers)
         if s.file_system_poll_wait_seconds < 0:
             log.warning("--file_system_poll_wait_seconds < 0: version directories are not polled")
         # Polling starts first: start-up may wait for a version directory to appear.
@@ -299,67 +190,6 @@ class Server:
             raise
         if s.model_config_file and s.model_config_file_poll_wait_seconds > 0:
             self._watch_config_file()
-
-    def _batching(self):  # type: ignore[no-untyped-def]
-        """--enable_batching: the parameters file (or server.cc's defaults) and batch threads."""
-        from tfrec.base.errors import ServingError
-        from tfrec.runtime.batching import SERVER_THREAD_POOL_NAME, Batching, BatchingOptions
-
-        path = self.settings.batching_parameters_file
-        try:
-            if path:
-                options = BatchingOptions.read(path)
-            else:
-                options = BatchingOptions(thread_pool_name=SERVER_THREAD_POOL_NAME)
-        except ServingError as err:
-            raise StartupError(f"{err.code.name}: {err.message}") from err
-        log.info("Batching requests with %s", options)
-        return Batching(options, self.metrics)
-
-    def _scheduling(self):  # type: ignore[no-untyped-def]
-        """--scheduler auto/on: how every model version's signatures get schedules."""
-        from tfrec.schedule.scheduled import SchedulerOptions, Scheduling
-
-        s = self.settings
-        options = SchedulerOptions(mode=s.scheduler, cache_dir=s.scheduler_cache_dir)
-        scheduling = Scheduling(options, self.metrics)
-        log.info("Operator scheduler: %s", scheduling.describe())
-        return scheduling
-
-    def _lanes(self):  # type: ignore[no-untyped-def]
-        """--session_num_per_group and friends: how every model version's lanes are built."""
-        import tensorflow as tf
-
-        from tfrec.runtime.lanes import Lanes
-        from tfrec.runtime.session_group import OVERRIDE_ENV, GroupOptions
-
-        s = self.settings
-        gpu = s.use_multi_stream and bool(tf.config.list_physical_devices("GPU"))
-        if s.use_multi_stream and not gpu:
-            log.warning(
-                "--use_multi_stream: no GPU is visible; lanes run on logical CPU devices "
-                "through the same code (replicas, dense variables copied per lane)"
-            )
-        if os.environ.get(OVERRIDE_ENV) != "1":
-            log.warning("%s is not 1: lanes may share TensorFlow's intra-op pool", OVERRIDE_ENV)
-        intra, inter = s.session_threads()
-        options = GroupOptions.resolve(
-            s.session_num_per_group,
-            intra,
-            inter,
-            per_session_threads=s.use_per_session_threads,
-            cpusets=s.session_group_cpusets,
-            multi_stream=s.use_multi_stream,
-            gpu=gpu,
-        )
-        lanes = Lanes(
-            options,
-            capacity=s.session_group_queue_capacity,
-            policy=s.select_session_policy,
-            metrics=self.metrics,
-        )
-        log.info("SessionGroup: %s", lanes.describe())
-        return lanes
 
     def _start_grpc(self) -> None:
         from server.grpc_server import (

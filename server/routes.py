@@ -21,7 +21,9 @@ from tensorflow_serving.apis import model_pb2
 
 from server import json_codec
 from tfrec.base.errors import Code, InvalidArgument, ServingError
+from tfrec.serving.request import Request
 from tfrec.serving.service import Service
+from tfrec.serving.signature import DEFAULT_SIGNATURE
 
 log = logging.getLogger(__name__)
 
@@ -140,10 +142,14 @@ def _dispatch(service: Service, route: Route, spec: model_pb2.ModelSpec, body: B
 def predict(service: Service, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
     doc = json_codec.parse_body(body)
     spec.signature_name = json_codec.predict_signature_name(doc)
-    signature = service.predict_signature(spec)
-    dtypes = {alias: info.dtype for alias, info in signature.definition.inputs.items()}
-    inputs, row_format = json_codec.predict_inputs(doc, dtypes)
-    _, outputs = service.predict(spec, inputs)
+    with service.lease(spec) as servable:  # one lease: the signature's dtypes, then the run
+        name = spec.signature_name or DEFAULT_SIGNATURE
+        signature = servable.signatures.get(name)
+        if signature is None:
+            raise InvalidArgument(f'Serving signature name: "{name}" not found in signature def')
+        dtypes = {alias: info.dtype for alias, info in signature.definition.inputs.items()}
+        inputs, row_format = json_codec.predict_inputs(doc, dtypes)
+        _, outputs = service.handlers.predict_on(servable, Request(spec, inputs))
     return json_codec.predict_response(outputs, row_format)
 
 

@@ -21,8 +21,8 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
 from benchmarks.workloads import write_tfrecord
-from server import ab
 from tests.conftest import HALF_PLUS_THREE, HALF_PLUS_TWO, Running, free_port
+from tfrec_tools import ab
 
 ROOT = Path(__file__).resolve().parents[1]
 USER = tf.TensorSpec([None, 3], tf.float32, name="user_x")

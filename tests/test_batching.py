@@ -19,7 +19,8 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, regression_pb2
 
-from server.main import StartupError, main
+from server.flags import StartupError
+from server.main import main
 from tests.conftest import (
     COUNTER,
     EXPECTED,
@@ -261,7 +262,7 @@ def test_full_queue_fails_only_the_request_that_does_not_fit(
     )
     waiter.start()
     with server.manager.lease(model_pb2.ModelSpec(name="default")) as servable:
-        batcher = servable._batcher
+        batcher = servable.batcher
     wait_for(lambda: batcher.queued_tasks() == 1, what="the first request to be queued")
 
     with pytest.raises(grpc.RpcError) as full:

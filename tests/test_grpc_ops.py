@@ -10,7 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from server.main import StartupError
+from server.flags import StartupError
 from tests.conftest import HALF_PLUS_TWO, free_port
 from tests.test_grpc_api import predict_request
 

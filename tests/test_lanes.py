@@ -28,7 +28,8 @@ from tensorflow_serving.apis import classification_pb2, inference_pb2, regressio
 
 from benchmarks.models import build
 from benchmarks.workloads import Workload
-from server.main import StartupError, _validate
+from server.assemble import validate as _validate
+from server.flags import StartupError
 from tests import structured_model
 from tests.conftest import (
     COUNTER,
@@ -45,9 +46,9 @@ from tests.test_grpc_api import example_input, predict_request
 from tfrec.base import affinity
 from tfrec.base.errors import ResourceExhausted, ServingError
 from tfrec.base.settings import Settings
-from tfrec.runtime import lanes as lanes_module
+from tfrec.runtime import lane_dispatch as lanes_module
 from tfrec.runtime import session_group
-from tfrec.runtime.lanes import HEAVY_FLOOR_S, Cost, Dispatcher, Lanes, rows_of
+from tfrec.runtime.lanes import HEAVY_FLOOR_S, Cost, Dispatcher, ServerLanes, rows_of
 from tfrec.runtime.session_group import GroupOptions, SessionGroup
 from tfrec.serving.servable import Servable, session_config
 
@@ -70,7 +71,7 @@ def version_dir(base: Path) -> Path:
 def load(path: Path, lanes: int = 0, intra: int = 1, multi_stream: bool = False) -> Servable:
     group = None
     if lanes:
-        group = Lanes(GroupOptions.resolve(lanes, intra, 1, multi_stream=multi_stream))
+        group = ServerLanes(GroupOptions.resolve(lanes, intra, 1, multi_stream=multi_stream))
     return Servable.load("m", 1, path, ["serve"], session_config(0, 0), lanes=group)
 
 
@@ -493,7 +494,7 @@ def test_k1_is_unchanged(serve) -> None:
     servable = running.manager.servables()[0]
     assert servable.lanes is None
     running.predict.Predict(predict_request(x=[2.0]))
-    (runner,) = servable._callables.values()
+    (runner,) = [r for _, r in servable.runners.runners()]
     assert len(runner._fns) == 2  # pooled and inline on trial, as before
     assert ":tfrec:lane_in_flight{" not in running.server.metrics.render().decode()
 

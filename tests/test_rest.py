@@ -29,7 +29,6 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
-from server import demo_model
 from server.rest import RestServer
 from server.routes import Route, handle, parse_route
 from tests.conftest import (
@@ -43,6 +42,7 @@ from tests.conftest import (
 )
 from tfrec.base.metrics import Metrics
 from tfrec.base.settings import Settings
+from tfrec_tools import demo_model
 
 TWO = "saved_model_half_plus_two_2_versions"
 SPECIAL_NAME = "modelname!#$%&'()*+,/:;=?@[]"

@@ -67,7 +67,7 @@ def test_settle_decides_every_bucket_the_first_calls_touched() -> None:
     big = np.full((100, 1), 2.0, np.float32)
     for rows in (x, big):  # as one warmup request of each size would
         servable.run({"x:0": rows}, ["y:0"])
-    (runner,) = servable._callables.values()
+    (runner,) = [r for _, r in servable.runners.runners()]
     assert runner.mode_of(2) is None and runner.mode_of(128) is None
     servable.settle()
     assert runner.mode_of(2) in (POOLED, INLINE) and runner.mode_of(128) in (POOLED, INLINE)

@@ -17,10 +17,11 @@ from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 from benchmarks.models import NAMES, Sidecar, build
 from benchmarks.workloads import Workload
 from saved_model_tools import convert
-from server.main import StartupError, _validate
+from server.assemble import validate as _validate
+from server.flags import StartupError
 from tests.conftest import COUNTER
 from tfrec.base.settings import Settings
-from tfrec.runtime.lanes import Lanes
+from tfrec.runtime.lanes import ServerLanes
 from tfrec.runtime.session_group import GroupOptions
 from tfrec.schedule import costmodel
 from tfrec.schedule import planner as scheduler
@@ -77,7 +78,7 @@ def load(path: Path, mode: str | None = None, **options) -> Servable:  # type: i
     sched = (
         None
         if mode is None
-        else scheduling.Scheduling(scheduling.SchedulerOptions(mode, **options))
+        else scheduling.ServerScheduling(scheduling.SchedulerOptions(mode, **options))
     )
     return Servable.load("m", 1, path, ["serve"], session_config(0, 0), scheduling=sched)
 
@@ -91,7 +92,7 @@ def traced(servable: Servable, signature: str, calls: list[dict[str, np.ndarray]
 
 
 def run_copy(servable: Servable, copy: scheduler.Copy, args: list[np.ndarray]) -> list:
-    scheduler_ = scheduling.Scheduler(
+    scheduler_ = scheduling.OpScheduler(
         scheduling.SchedulerOptions("on"), servable._session, 2, model="m", version=1
     )
     feeds, fetches = scheduler_._import(copy)
@@ -337,8 +338,8 @@ def test_on_forces_the_schedule_and_off_builds_none(serve, tmp_path: Path) -> No
 
 def test_lanes_schedule_their_pools(tmp_path: Path) -> None:
     path = branchy(tmp_path / "b")
-    lanes = Lanes(GroupOptions.resolve(2, 1, 2))
-    sched = scheduling.Scheduling(scheduling.SchedulerOptions("on"))
+    lanes = ServerLanes(GroupOptions.resolve(2, 1, 2))
+    sched = scheduling.ServerScheduling(scheduling.SchedulerOptions("on"))
     servable = Servable.load("m", 1, path, ["serve"], session_config(0, 0), lanes=lanes,
                              scheduling=sched)  # fmt: skip
     reference = load(path)

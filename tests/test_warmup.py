@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_status_pb2, predict_pb2, prediction_log_pb2
 
-from server.main import StartupError
+from server.flags import StartupError
 from tests.conftest import COUNTER, HALF_PLUS_TWO, TWO_VERSIONS, copy_model, wait_for
 from tests.test_grpc_api import predict_request
 from tests.test_lifecycle import statuses

@@ -104,6 +104,10 @@ class ResourceExhausted(ServingError):
     code = Code.RESOURCE_EXHAUSTED
 
 
+class DeadlineExceeded(ServingError):
+    code = Code.DEADLINE_EXCEEDED
+
+
 def from_tf_error(err: Exception) -> ServingError:
     """Converts a `tf.errors.OpError` from a session run into a ServingError, same code."""
     code = getattr(err, "error_code", None)

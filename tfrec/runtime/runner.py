@@ -26,10 +26,12 @@ A SessionGroup lane (`tfrec.runtime.lanes`) builds its Runners with `pool=i`: th
 lane's inter-op pool i, except the light runs the lane dispatcher sends to the caller's thread
 (`inline`, built only when asked for with `inline=True`): no trial there, the dispatcher decides.
 
-With the operator scheduler (`--scheduler`), `schedules` is set to a
-`tfrec.schedule.scheduled.ScheduledRunner`: every call goes through it, and it runs either this
-Runner's `unscheduled` path (the mode chosen above: the baseline) or, per bucket of rows, a
-critical-path schedule of the graph that measured faster.
+`Runners` is the bottom stage of a version's chain (`tfrec.runtime.stage`): one Runner per
+(feeds, fetches) on one session (and one lane's pool), built on a key's first run. With the
+operator scheduler (`--scheduler`) each Runner is wrapped, at construction, in a
+`tfrec.schedule.scheduled.ScheduledRunner`, which runs either this Runner's `unscheduled` path
+(the mode chosen above: the baseline) or, per bucket of rows, a critical-path schedule of the
+graph that measured faster.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
 
-from tfrec.schedule.costmodel import bucket_of, rows_of
+from tfrec.base.errors import from_tf_error
+from tfrec.runtime.stage import Key, Run, bucket_of, rows_of
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +90,6 @@ class Runner:
         self._lock = threading.Lock()
         self._label = label
         self.mode = mode
-        self.schedules: Callable[..., Any] | None = None  # a ScheduledRunner, if any
 
     def mode_of(self, bucket: int) -> int | None:
         """The mode runs of `bucket` take; None while its trial runs."""
@@ -104,17 +106,17 @@ class Runner:
         return self._fns[INLINE](*args)
 
     def __call__(self, *args: Any) -> Any:
-        schedules = self.schedules
-        if schedules is not None:
-            return schedules(*args)
         return self.unscheduled(*args)
 
     def unscheduled(self, *args: Any) -> Any:
         """A run of the signature's own graph, in the chosen mode (or on trial)."""
+        return self.call(args, bucket_of(rows_of(args)))
+
+    def call(self, args: Sequence[Any], bucket: int) -> Any:
+        """`unscheduled` for a caller that knows the run's bucket."""
         mode = self.mode
         if mode is not None:
             return self._fns[mode](*args)
-        bucket = bucket_of(rows_of(args))
         mode = self._modes.get(bucket)
         if mode is not None:
             return self._fns[mode](*args)
@@ -174,3 +176,78 @@ class Runner:
             medians[1 - mode] * 1e3,
             _MODE_NAMES[1 - mode],
         )
+
+
+class Runners:
+    """The bottom stage: a Runner per (feeds, fetches) of one session, or of one lane's pool.
+
+    `tensor` maps graph tensor names to the names this lane feeds and fetches (a lane with its
+    own device runs a replica of the graph). `schedules` (the version's operator scheduler,
+    if any) wraps each Runner as it is built. Thread-safe: Runners are built under a lock.
+    """
+
+    def __init__(
+        self,
+        session: tf.compat.v1.Session,
+        *,
+        label: str,
+        mode: int | None = None,
+        pool: int | None = None,
+        inline: bool = False,
+        tensor: Callable[[str], str] | None = None,
+        schedules: Any = None,
+    ) -> None:
+        self._session = session
+        self._label = label
+        self._mode = mode
+        self._pool = pool
+        self._inline = inline
+        self._tensor = tensor
+        self._schedules = schedules
+        self._entries: dict[Key, tuple[Runner, Callable[..., Any]]] = {}
+        self._lock = threading.Lock()
+
+    def run(self, run: Run) -> list[np.ndarray]:
+        entry = self._entries.get(run.key) or self._create(run.key, run.signature)
+        run.check_deadline()
+        try:
+            if run.inline:
+                results = entry[0].inline(*run.args)
+            else:
+                results = entry[1](run.args, bucket_of(run.rows))
+        except tf.errors.OpError as err:
+            raise from_tf_error(err) from None
+        return [np.asarray(r) for r in results]
+
+    def runners(self) -> list[tuple[Key, Runner]]:
+        with self._lock:
+            return [(key, entry[0]) for key, entry in self._entries.items()]
+
+    def _create(self, key: Key, signature: str) -> tuple[Runner, Callable[..., Any]]:
+        """The key's Runner (creating a callable optimises its graph and builds its executor;
+        stateful graphs forbid running it ahead of a request)."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                return entry
+            feeds, fetches = key
+            if self._tensor is not None:
+                feeds = tuple(map(self._tensor, feeds))
+                fetches = tuple(map(self._tensor, fetches))
+            where = "" if self._pool is None else f" on lane {self._pool}"
+            label = f"{self._label} fetching {','.join(key[1])}{where}"
+            try:
+                runner = Runner(self._session, feeds, fetches, label=label, mode=self._mode,
+                                pool=self._pool, inline=self._inline)  # fmt: skip
+            except tf.errors.OpError as err:
+                raise from_tf_error(err) from None
+            call: Callable[..., Any] = runner.call
+            if self._schedules is not None:
+                call = self._schedules.runner(runner, key, signature or ",".join(key[1]),
+                                              self._pool).call  # fmt: skip
+            entry = self._entries[key] = (runner, call)
+            return entry
+
+    def close(self) -> None:
+        with self._lock:
+            self._entries.clear()

@@ -41,21 +41,13 @@ import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 from tensorflow.core.protobuf import config_pb2
 
+from tfrec.runtime.stage import bucket_of, rows_of
+
 FORMAT = 1
 # The step stats of every node: FULL_TRACE adds only device (GPU) tracing, which a CPU run
 # lacks, and logs a warning per run saying so.
 TRACE_LEVEL = config_pb2.RunOptions.SOFTWARE_TRACE
 COST_FILE = Path("assets.extra") / "tfrec_cost_model.json"
-
-
-def bucket_of(rows: int) -> int:
-    """The power of two at or above `rows`: the bucket whose costs a run of `rows` uses."""
-    return 1 << max(0, int(rows) - 1).bit_length()
-
-
-def rows_of(args: Sequence[np.ndarray]) -> int:
-    """A run's size: the largest dim 0 among its feeds (structured requests: N, not 1)."""
-    return max((a.shape[0] for a in args if a.ndim), default=1) or 1
 
 
 def fingerprint(graph: graph_pb2.GraphDef) -> str:

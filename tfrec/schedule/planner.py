@@ -123,7 +123,7 @@ def state_writers(graph: graph_pb2.GraphDef, fetches: Iterable[str]) -> list[str
 
 class StateWriters:
     """`state_writers` over one session's graph, read once on first use (at load, before any
-    scheduled copy is imported); shared by the version's Runners and its Scheduler."""
+    scheduled copy is imported); shared by the version's Runners and its OpScheduler."""
 
     def __init__(self, graph: Any) -> None:  # a tf.Graph
         self._graph = graph

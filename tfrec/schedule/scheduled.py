@@ -14,7 +14,7 @@ inter-op pool or the calling thread, whichever `tfrec.runtime.runner` measured f
    is kept only if its median is at least `MIN_GAIN` below the unscheduled median. `on` keeps
    it without timing; `off` never builds one.
 
-At load, warmup requests drive these phases and `Scheduler.settle` then replays the samples
+At load, warmup requests drive these phases and `OpScheduler.settle` then replays the samples
 they left (a few per bucket) until every bucket seen has decided, building synchronously: a
 version becomes AVAILABLE with its decisions made. Without warmup data the first live calls of
 a bucket drive them instead; the build then runs on a background thread while requests keep
@@ -41,9 +41,10 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
 
+from tfrec.runtime.stage import bucket_of, rows_of
 from tfrec.schedule import costmodel
 from tfrec.schedule import planner as scheduler
-from tfrec.schedule.costmodel import CostModel, Trace, bucket_of, rows_of
+from tfrec.schedule.costmodel import CostModel, Trace
 
 if TYPE_CHECKING:
     from tfrec.base.metrics import Metrics
@@ -129,7 +130,7 @@ class _Shared:
         self.builds: dict[int, Build] = {}
 
 
-class Scheduler:
+class OpScheduler:
     """One model version's scheduling: shared traces, plans and imported copies."""
 
     def __init__(
@@ -157,10 +158,6 @@ class Scheduler:
         self._threads: list[threading.Thread] = []
         self._closed = False
         self._writers = writers or scheduler.StateWriters(session.graph)
-
-    def attach(self, runner: Runner, key: Key, signature: str, pool: int | None = None) -> None:
-        """Routes `runner`'s calls through a ScheduledRunner (its `schedules`)."""
-        runner.schedules = self.runner(runner, key, signature, pool)
 
     def runner(
         self, baseline: Runner, key: Key, signature: str, pool: int | None = None
@@ -312,7 +309,7 @@ class ScheduledRunner:
 
     def __init__(
         self,
-        owner: Scheduler,
+        owner: OpScheduler,
         baseline: Runner,
         key: Key,
         signature: str,
@@ -332,13 +329,16 @@ class ScheduledRunner:
         self.decisions: dict[int, Decision] = {}
 
     def __call__(self, *args: np.ndarray) -> Any:
-        state = self._buckets.get(bucket_of(rows_of(args)))
+        return self.call(args, bucket_of(rows_of(args)))
+
+    def call(self, args: Sequence[np.ndarray], bucket: int) -> Any:
+        """A run of `bucket` (the Runners stage knows it): one lookup once decided."""
+        state = self._buckets.get(bucket)
         if state is not None and state.fn is not None:
             return state.fn(*args)
-        return self._undecided(args)
+        return self._undecided(args, bucket)
 
-    def _undecided(self, args: Sequence[np.ndarray]) -> Any:
-        bucket = bucket_of(rows_of(args))
+    def _undecided(self, args: Sequence[np.ndarray], bucket: int) -> Any:
         with self._lock:
             state = self._buckets.setdefault(bucket, _Bucket())
             if len(state.samples) < SAMPLES and not self._settling:
@@ -521,8 +521,8 @@ class ScheduledRunner:
             self._settling = False
 
 
-class Scheduling:
-    """What `Servable.load` needs to give each model version a Scheduler (built in main)."""
+class ServerScheduling:
+    """What `Servable.load` needs to give each model version a OpScheduler (built in main)."""
 
     def __init__(self, options: SchedulerOptions, metrics: Metrics | None = None) -> None:
         self.options = options
@@ -545,9 +545,9 @@ class Scheduling:
         version: int,
         path: Path,
         writers: scheduler.StateWriters | None = None,
-    ) -> Scheduler:
+    ) -> OpScheduler:
         """A version's scheduler; costs stored with the model (`tfrec-schedule profile`) are
         used where they match the executed graph."""
         stored = costmodel.read(Path(path) / costmodel.COST_FILE)
-        return Scheduler(self.options, session, slots, model=name, version=version,
+        return OpScheduler(self.options, session, slots, model=name, version=version,
                          stored=stored, metrics=self.metrics, writers=writers)  # fmt: skip

@@ -10,7 +10,8 @@ from google.protobuf import text_format
 from tensorflow_serving.apis import classification_pb2, input_pb2, regression_pb2
 
 from tfrec.base.errors import InvalidArgument
-from tfrec.serving.servable import Servable, Signature
+from tfrec.serving.servable import Servable
+from tfrec.serving.signature import Signature
 
 CLASSIFY = "tensorflow/serving/classify"
 REGRESS = "tensorflow/serving/regress"
@@ -160,9 +161,14 @@ def regression_result(
 
 
 def run_examples(
-    servable: Servable, input_tensors: Sequence[str], outputs: Sequence[str], examples: np.ndarray
+    servable: Servable,
+    input_tensors: Sequence[str],
+    outputs: Sequence[str],
+    examples: np.ndarray,
+    signature: str = "",
 ) -> dict[str, np.ndarray]:
     """Feeds the example tensor to every input tensor, fetches each output once."""
     fetches = sorted(set(outputs))
-    values = servable.run(dict.fromkeys(sorted(set(input_tensors)), examples), fetches)
+    feeds = dict.fromkeys(sorted(set(input_tensors)), examples)
+    values = servable.run(feeds, fetches, signature)
     return dict(zip(fetches, values, strict=True))

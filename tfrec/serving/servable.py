@@ -1,86 +1,60 @@
-"""One loaded model version: a TF1 Session over the SavedModel's MetaGraph, as TF-Serving loads it.
+"""One loaded model version: its signatures, and the chain of stages its runs descend.
 
 `Servable.load` restores the MetaGraph tagged `serve` into a private graph and session (running
-its init/main op, so tables are initialised), then serves signatures through cached
-`Session` callables: one Runner per (feed tensors, fetch tensors) combination, built on first
-use (`tfrec.runtime.runner` picks TF's inter-op pool or the calling thread by measuring both). A
-callable run costs 5-20 us of Python, against ~160 us for `Session.run`, and it does no
-Python-side shape checks (TF-Serving does none either).
+its init/main op, so tables are initialised), as TF-Serving loads it, then builds the version's
+runtime once, bottom-up, by constructors (`tfrec.runtime.stage`):
 
-With `--session_num_per_group` > 1 (`lanes`), the session is a SessionGroup's and every run
-goes to one of its lanes (`tfrec.runtime.lanes`); without it nothing on the request path changes.
+    route (structured dedup) -> [batch] -> [lanes] -> runner ([op schedule]) -> TensorFlow
 
-With `--scheduler` auto or on (`scheduling`), each Runner's calls go through a
-`tfrec.schedule.scheduled.ScheduledRunner`: per bucket of rows, a critical-path schedule of the
-signature's graph is built from traced runs and kept where it measures faster.
-`settle` (after warmup) finishes those decisions, and each Runner's choice of execution
-mode, before the version serves.
+- runner: a `Runners` stage, one `Runner` per (feeds, fetches), TF's inter-op pool or the
+  calling thread per bucket of rows (`--session_run_mode`), each wrapped by the operator
+  scheduler (`--scheduler`) where it schedules this version;
+- lanes (`--session_num_per_group` > 1): a SessionGroup, one Runners stage per lane;
+- batch (`--enable_batching`): TF-Serving's BatchingSession;
+- route (`--structured_dedup=auto`, a version with structured twins): flat requests whose
+  user rows repeat run on the twin.
 
-Thread-safety: `run` may be called from any number of threads at once (TensorFlow sessions
-are thread-safe, and callables are created under a lock). `close` must only be called once
-no request holds the servable any more (the manager's lease guarantees it).
+`settle` (after warmup) finishes the decisions warmup started, before the version serves.
+
+Thread-safety: `run` may be called from any number of threads at once. `close` must only be
+called once no request holds the servable any more (the manager's lease guarantees it).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
-from tensorflow.core.protobuf.meta_graph_pb2 import SignatureDef
 from tensorflow.python.util import deprecation
 
 from tfrec.base import affinity, codecs
-from tfrec.base.errors import InvalidArgument, ServingError, from_tf_error
-from tfrec.runtime.batching import Batcher, Batching
-from tfrec.runtime.lanes import LaneGroup, Lanes
-from tfrec.runtime.runner import Runner
-from tfrec.schedule import planner as scheduler
-from tfrec.schedule.scheduled import Scheduler, Scheduling
+from tfrec.base.errors import InvalidArgument, ServingError
+from tfrec.runtime.batching import BatchStage
+from tfrec.runtime.route import Route
+from tfrec.runtime.runner import Runners
+from tfrec.runtime.stage import Run, Stage
+from tfrec.schedule import planner
 from tfrec.serving import structured
+from tfrec.serving.signature import Signature
+
+if TYPE_CHECKING:
+    from tfrec.base.metrics import Metrics
+    from tfrec.runtime.batching import ServerBatching
+    from tfrec.runtime.lanes import LaneStage, ServerLanes
+    from tfrec.runtime.session_group import SessionGroup
+    from tfrec.schedule.scheduled import OpScheduler, ServerScheduling
 
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
-class Signature:
-    """A SignatureDef prepared for serving: sorted aliases, tensor names, decoded defaults."""
-
-    name: str
-    definition: SignatureDef
-    inputs: dict[str, str]  # alias -> feed tensor name, sorted by alias
-    outputs: dict[str, str]  # alias -> fetch tensor name, sorted by alias
-    defaults: dict[str, np.ndarray]
-
-    @classmethod
-    def of(cls, name: str, definition: SignatureDef) -> Signature:
-        defaults = {}
-        for alias, proto in definition.defaults.items():
-            try:
-                defaults[alias] = codecs.to_ndarray(proto)
-            except codecs.TensorParseError:
-                log.warning("Signature %s: default of input %s cannot be decoded", name, alias)
-        return cls(
-            name,
-            definition,
-            {a: definition.inputs[a].name for a in sorted(definition.inputs)},
-            {a: definition.outputs[a].name for a in sorted(definition.outputs)},
-            defaults,
-        )
-
-    @property
-    def method_name(self) -> str:
-        return self.definition.method_name
-
-
 class Servable:
-    """A loaded SavedModel version, ready to run its signatures."""
+    """A loaded SavedModel version, ready to run its signatures through its stages."""
 
     def __init__(
         self,
@@ -101,18 +75,6 @@ class Servable:
         self.structured = structured.load(path, self.signatures)
         self.twin_of = {twin.original: twin for twin in self.structured.values()}
         self._session = session
-        self._callables: dict[tuple[tuple[str, ...], tuple[str, ...]], Runner] = {}
-        self._lock = threading.Lock()
-        # Server-side batching (--enable_batching): None means `run` goes straight to TF.
-        self._batcher: Batcher | None = None
-        # SessionGroup lanes (--session_num_per_group > 1): None means one plain session.
-        self.lanes: LaneGroup | None = None
-        # --session_run_mode: a fixed Runner mode, or None to time both (the default).
-        self._run_mode: int | None = None
-        # --scheduler auto/on: wraps each Runner; None with --scheduler=off.
-        self.scheduler: Scheduler | None = None
-        # Which fetches change state (never replayed nor scheduled); the graph is read once.
-        self._writers = scheduler.StateWriters(session.graph)
         # Actual dtypes of the graph tensors: a SignatureDef may declare a different one.
         self._feed_dtypes: dict[str, codecs.DType | None] = {}
         graph = session.graph
@@ -123,6 +85,14 @@ class Servable:
                 except (KeyError, ValueError):
                     enum = info.dtype
                 self._feed_dtypes[info.name] = codecs.dtype_of_enum(enum)
+        # Which fetches change state (never replayed nor scheduled); the graph is read once.
+        self.writers = planner.StateWriters(graph)
+        # The stages, set once by `load` (`_build`); each None when off.
+        self.runners: Runners | None = Runners(session, label=f"{name} v{version}")
+        self.stages: Stage = self.runners
+        self.lanes: LaneStage | None = None
+        self.batcher: BatchStage | None = None
+        self.scheduler: OpScheduler | None = None
 
     @classmethod
     def load(
@@ -132,37 +102,22 @@ class Servable:
         path: Path,
         tags: Sequence[str],
         session_config: config_pb2.ConfigProto,
-        batching: Batching | None = None,
-        lanes: Lanes | None = None,
+        *,
+        batching: ServerBatching | None = None,
+        lanes: ServerLanes | None = None,
         run_mode: int | None = None,
-        scheduling: Scheduling | None = None,
+        scheduling: ServerScheduling | None = None,
+        dedup: bool = False,
+        metrics: Metrics | None = None,
     ) -> Servable:
-        """Loads `path` the way TF-Serving does; raises ServingError on any failure.
-
-        With `batching`, every `run` goes through a batcher on the server's batch threads.
-        With `lanes`, the version is a SessionGroup and every run goes to one of its lanes.
-        `run_mode` fixes how runs without lanes execute (`tfrec.runtime.runner`); None times both.
-        With `scheduling`, signatures get critical-path schedules where they measure faster.
-        """
+        """Loads `path` the way TF-Serving does and builds its stages; raises ServingError."""
         started = time.monotonic()
         group = None
         if lanes is not None:
             group = lanes.load(name, version, path, tags, session_config)
-            session, meta_graph = group.session, group.group.meta_graph
+            session, meta_graph = group.session, group.meta_graph
         else:
-            graph = tf.Graph()
-            session = tf.compat.v1.Session(graph=graph, config=session_config)
-            try:
-                with graph.as_default(), deprecation.silence():
-                    meta_graph = tf.compat.v1.saved_model.loader.load(
-                        session, list(tags), str(path)
-                    )
-            except Exception as err:
-                session.close()
-                raise ServingError(
-                    f"Failed to load SavedModel at {path}: {_one_line(err)}"
-                ) from err
-            graph.finalize()
+            session, meta_graph = _load_session(path, tags, session_config)
         log.info(
             "Loaded servable version {name: %s version: %d} from %s in %.2f s",
             name,
@@ -171,55 +126,71 @@ class Servable:
             time.monotonic() - started,
         )
         servable = cls(name, version, path, meta_graph, session)
-        servable.lanes = group
-        servable._run_mode = run_mode
-        if scheduling is not None:
-            servable._attach_scheduler(scheduling, session_config)
-        if batching is not None:
-            servable._batcher = batching.attach(servable)
+        try:
+            servable._build(session_config, group, lanes, batching, run_mode, scheduling,
+                            dedup, metrics)  # fmt: skip
+        except BaseException:
+            session.close()
+            raise
         return servable
 
-    def _attach_scheduler(self, scheduling: Scheduling, config: config_pb2.ConfigProto) -> None:
-        """A scheduler over the version's session: slots are the inter-op threads a run gets
-        (lane replicas have their own devices: their graphs are not scheduled)."""
-        if self.lanes is not None:
-            options = self.lanes.group.options
-            if options.replicas:
+    def _build(
+        self,
+        config: config_pb2.ConfigProto,
+        group: SessionGroup | None,
+        lanes: ServerLanes | None,
+        batching: ServerBatching | None,
+        run_mode: int | None,
+        scheduling: ServerScheduling | None,
+        dedup: bool,
+        metrics: Metrics | None,
+    ) -> None:
+        """The chain of stages, bottom-up; a stage that is off is not in it."""
+        if scheduling is not None:
+            if group is not None and group.options.replicas:
                 log.info("%s v%d: lanes with their own devices are not scheduled", self.name,
                          self.version)  # fmt: skip
-                return
-            slots = options.inter_op
+            else:
+                threads = config.inter_op_parallelism_threads or len(affinity.allowed_cpus())
+                slots = group.options.inter_op if group is not None else threads
+                self.scheduler = scheduling.create(
+                    self._session, slots, self.name, self.version, self.path, self.writers
+                )
+        stage: Stage
+        if lanes is not None and group is not None:
+            stage = self.lanes = lanes.stage(group, self.name, self.version, self.scheduler)
+            self.runners = None
         else:
-            slots = config.inter_op_parallelism_threads or len(affinity.allowed_cpus())
-        self.scheduler = scheduling.create(self._session, slots, self.name, self.version,
-                                           self.path, self._writers)  # fmt: skip
-        if self.lanes is not None:
-            self.lanes.scheduler = self.scheduler
-            self.lanes.signature_of = self.signature_of
+            stage = self.runners = Runners(self._session, label=f"{self.name} v{self.version}",
+                                           mode=run_mode, schedules=self.scheduler)  # fmt: skip
+        if batching is not None:
+            stage = self.batcher = BatchStage(stage, batching, self.name,
+                                              frozenset(self.structured))  # fmt: skip
+        routes = self._routes() if dedup else {}
+        if routes:
+            stage = Route(stage, routes, self.name, metrics)
+        self.stages = stage
 
-    def signature_of(self, key: tuple[tuple[str, ...], tuple[str, ...]]) -> str:
-        """The signature whose inputs are `key[0]` and whose outputs include `key[1]`."""
-        feeds, fetches = set(key[0]), set(key[1])
-        for name, signature in self.signatures.items():
-            if set(signature.inputs.values()) == feeds and fetches <= set(
-                signature.outputs.values()
+    def _routes(self) -> dict[str, tuple[structured.Twin, Signature]]:
+        """Twins a flat run may be routed to: the graph feeds shared inputs the same dtypes."""
+        routes = {}
+        for original, twin in self.twin_of.items():
+            flat, target = self.signatures[original], self.signatures[twin.name]
+            if all(
+                self.feed_dtype(flat.inputs[a]) == self.feed_dtype(target.inputs[a])
+                for a in (*twin.user_inputs, *twin.item_inputs)
+                if a in flat.inputs and a in target.inputs
             ):
-                return name
-        return ",".join(sorted(fetches))
+                routes[original] = (twin, target)
+        return routes
 
     def settle(self) -> None:
         """Finishes the decisions warmup started, before the version serves: each Runner's
         execution mode per bucket of rows (`Runner.settle`), then every schedule decision,
         and writes the scheduler's report to its cache directory, if any."""
-        with self._lock:
-            runners = list(self._callables.items())
-        for key, runner in runners:
-            if not runner.undecided():
-                continue
-            if self._writers(key[1]):
-                runner.settle(replay=False)  # a replay would change what requests see
-            else:
-                runner.settle()
+        for key, runner in self.runners.runners() if self.runners is not None else []:
+            if runner.undecided():
+                runner.settle(replay=not self.writers(key[1]))  # replays change state
         if self.scheduler is None:
             return
         started = time.monotonic()
@@ -241,11 +212,21 @@ class Servable:
         """The dtype the graph expects for a feed tensor (None when not representable)."""
         return self._feed_dtypes.get(tensor_name)
 
-    def run(self, feeds: Mapping[str, np.ndarray], fetches: Sequence[str]) -> list[np.ndarray]:
-        """Runs the graph: `feeds` maps tensor names to arrays, `fetches` are tensor names.
+    def run(
+        self,
+        feeds: Mapping[str, np.ndarray],
+        fetches: Sequence[str],
+        signature: str = "",
+        aliases: tuple[str, ...] = (),
+        outputs: tuple[str, ...] = (),
+        deadline: float | None = None,
+    ) -> list[np.ndarray]:
+        """Checks the feed dtypes, then runs down the stages.
 
-        Feed dtypes are checked first, with the exact message TensorFlow's DirectSession
-        gives (`Expects arg[i] to be float but string is provided`).
+        `feeds` maps tensor names to arrays, `fetches` are tensor names; `signature`,
+        `aliases` (of the feeds) and `outputs` (of the fetches) say where they come from.
+        A wrong dtype gets the exact message TensorFlow's DirectSession gives (`Expects
+        arg[i] to be float but string is provided`).
         """
         names = tuple(feeds)
         args = []
@@ -260,37 +241,21 @@ class Servable:
                     )
                 array = array.astype(expected.numpy)
             args.append(array)
-        if self._batcher is not None:
-            return self._batcher.run(names, args, fetches)
-        return self.run_unbatched(names, args, fetches)
+        key = (names, tuple(fetches))
+        run = Run(key, args, signature or self.signature_of(key), aliases, outputs, deadline)
+        return self.stages.run(run)
 
-    def run_unbatched(
-        self, names: Sequence[str], args: Sequence[np.ndarray], fetches: Sequence[str]
-    ) -> list[np.ndarray]:
-        """One session run over checked feeds (`names[i]` gets `args[i]`); the batcher's too."""
-        key = (tuple(names), tuple(fetches))
-        if self.lanes is not None:
-            return self.lanes.run(key, args)
-        fn = self._callables.get(key) or self._make_callable(key)
-        try:
-            results = fn(*args)
-        except tf.errors.OpError as err:
-            raise from_tf_error(err) from None
-        return [np.asarray(r) for r in results]
-
-    def _make_callable(self, key: tuple[tuple[str, ...], tuple[str, ...]]) -> Runner:
-        with self._lock:
-            fn = self._callables.get(key)
-            if fn is None:
-                label = f"{self.name} v{self.version} fetching {','.join(key[1])}"
-                try:
-                    fn = Runner(self._session, key[0], key[1], label=label, mode=self._run_mode)
-                except tf.errors.OpError as err:
-                    raise from_tf_error(err) from None
-                if self.scheduler is not None:
-                    self.scheduler.attach(fn, key, self.signature_of(key))
-                self._callables[key] = fn
-            return fn
+    def signature_of(self, key: tuple[tuple[str, ...], tuple[str, ...]]) -> str:
+        """The signature whose inputs are `key[0]` and whose outputs include `key[1]` (for
+        runs whose caller did not say: labels, logs), else ""."""
+        feeds, fetches = set(key[0]), set(key[1])
+        for name in sorted(self.signatures):
+            signature = self.signatures[name]
+            if set(signature.inputs.values()) == feeds and fetches <= set(
+                signature.outputs.values()
+            ):
+                return name
+        return ""
 
     def close(self) -> None:
         """Releases the session and its memory. Only once no request uses the servable.
@@ -298,16 +263,31 @@ class Servable:
         A batcher first finishes its queued work and stops its queues (and the batch threads
         with the last queue of the server).
         """
-        if self._batcher is not None:
-            self._batcher.close()
+        if self.batcher is not None:
+            self.batcher.close()
         if self.scheduler is not None:
             self.scheduler.close()  # waits for a build in progress
-        with self._lock:
-            self._callables.clear()
         if self.lanes is not None:
             self.lanes.close()  # closes the session
-        else:
-            self._session.close()
+            return
+        if self.runners is not None:
+            self.runners.close()
+        self._session.close()
+
+
+def _load_session(
+    path: Path, tags: Sequence[str], config: config_pb2.ConfigProto
+) -> tuple[tf.compat.v1.Session, meta_graph_pb2.MetaGraphDef]:
+    graph = tf.Graph()
+    session = tf.compat.v1.Session(graph=graph, config=config)
+    try:
+        with graph.as_default(), deprecation.silence():
+            meta_graph = tf.compat.v1.saved_model.loader.load(session, list(tags), str(path))
+    except Exception as err:
+        session.close()
+        raise ServingError(f"Failed to load SavedModel at {path}: {_one_line(err)}") from err
+    graph.finalize()
+    return session, meta_graph
 
 
 def _one_line(err: Exception) -> str:

@@ -1,4 +1,4 @@
-"""Structured signatures at serving time: validating their requests, and dedup for flat ones.
+"""Structured signatures at serving time: their sidecar, and validating their requests.
 
 `tfrec-convert` adds `<sig>_structured` twins to a SavedModel and records them in
 `assets.extra/tfrec_structured.json`:
@@ -6,10 +6,8 @@
         "user_inputs": [...], "item_inputs": [...], "outputs": [...]}}}
 A structured request carries the user inputs once (batch 1) and the item inputs N times.
 
-Dedup (`--structured_dedup=auto`): an unchanged client sends the flat form, every user input
-repeating one row N times. When every user row equals row 0, running the twin on row 0 gives
-the same outputs for a fraction of the work; the client still gets the response of the
-signature it asked for.
+Dedup of flat requests onto twins (`--structured_dedup=auto`) is a runtime stage:
+`tfrec.runtime.route`.
 """
 
 from __future__ import annotations
@@ -88,22 +86,3 @@ def check_request(twin: Twin, arrays: Mapping[str, np.ndarray]) -> None:
             f"Per-item inputs of structured signature {twin.name} must all have the same number "
             f"of rows: {listing}"
         )
-
-
-def dedup(twin: Twin, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
-    """The twin's inputs for a flat request whose user rows all equal row 0, else None."""
-    if set(arrays) != set(twin.user_inputs) | set(twin.item_inputs):
-        return None
-    shapes = {a.shape[0] if a.ndim else -1 for a in arrays.values()}
-    if len(shapes) != 1 or shapes.pop() < 1:
-        return None
-    out = dict(arrays)
-    for alias in twin.user_inputs:
-        array = arrays[alias]
-        first = array[:1]
-        if array.shape[0] > 1 and not np.array_equal(
-            array[1:], np.broadcast_to(first, array[1:].shape)
-        ):
-            return None
-        out[alias] = first
-    return out

@@ -16,11 +16,11 @@ from pathlib import Path
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-from tfrec.base import codecs
 from tfrec.base.errors import Code, InvalidArgument, ServingError, Unimplemented
 from tfrec.base.metrics import Metrics
+from tfrec.serving.handlers import Handlers
+from tfrec.serving.request import Request
 from tfrec.serving.servable import Servable
-from tfrec.serving.service import Service
 
 log = logging.getLogger(__name__)
 
@@ -28,21 +28,23 @@ REQUESTS_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 MAX_RECORDS = 1000
 
 
-def _replay(service: Service, servable: Servable, record: prediction_log_pb2.PredictionLog) -> None:
+def _replay(
+    handlers: Handlers, servable: Servable, record: prediction_log_pb2.PredictionLog
+) -> None:
     kind = record.WhichOneof("log_type")
     if kind == "predict_log":
         request = record.predict_log.request
-        service.predict_on(
-            servable, request.model_spec, request.inputs, request.output_filter, codecs.to_ndarray
+        handlers.predict_on(
+            servable, Request(request.model_spec, request.inputs, request.output_filter)
         )
     elif kind == "classify_log":
         request = record.classify_log.request
-        service.classify_on(servable, request.model_spec, request.input)
+        handlers.classify_on(servable, request.model_spec, request.input)
     elif kind == "regress_log":
         request = record.regress_log.request
-        service.regress_on(servable, request.model_spec, request.input)
+        handlers.regress_on(servable, request.model_spec, request.input)
     elif kind == "multi_inference_log":
-        service.multi_inference_on(servable, record.multi_inference_log.request)
+        handlers.multi_inference_on(servable, record.multi_inference_log.request)
     elif kind is not None:
         number = prediction_log_pb2.PredictionLog.DESCRIPTOR.fields_by_name[kind].number
         raise Unimplemented(f"Unsupported log_type for warmup: {number}")
@@ -61,7 +63,7 @@ def _records(path: Path):  # type: ignore[no-untyped-def]
 
 
 def warm_up(
-    service: Service,
+    handlers: Handlers,
     servable: Servable,
     iterations: int = 1,
     metrics: Metrics | None = None,
@@ -83,7 +85,7 @@ def warm_up(
                     f"Failed to parse warmup record: {raw!r} from {path}"
                 ) from None
             for _ in range(max(1, iterations)):
-                _replay(service, servable, record)
+                _replay(handlers, servable, record)
             count += 1
             if count > MAX_RECORDS:
                 raise InvalidArgument(
