@@ -23,8 +23,7 @@ from tests.conftest import COUNTER
 from tfrec.base.settings import Settings
 from tfrec.runtime.lanes import ServerLanes
 from tfrec.runtime.session_group import GroupOptions
-from tfrec.schedule import costmodel
-from tfrec.schedule import planner as scheduler
+from tfrec.schedule import costmodel, planner
 from tfrec.schedule import scheduled as scheduling
 from tfrec.schedule.costmodel import Bucket, CostModel, Trace
 from tfrec.serving.servable import Servable, session_config
@@ -91,7 +90,7 @@ def traced(servable: Servable, signature: str, calls: list[dict[str, np.ndarray]
     return trace
 
 
-def run_copy(servable: Servable, copy: scheduler.Copy, args: list[np.ndarray]) -> list:
+def run_copy(servable: Servable, copy: planner.Copy, args: list[np.ndarray]) -> list:
     scheduler_ = scheduling.OpScheduler(
         scheduling.SchedulerOptions("on"), servable._session, 2, model="m", version=1
     )
@@ -125,19 +124,19 @@ def test_scheduled_graphs_give_identical_outputs_on_the_zoo(
     for signature, form in (("serving_default", "flat"), (TWIN, "structured")):
         calls = [workload.request(n, seed=n, form=form) for n in (3, 40)]
         trace = traced(servable, signature, calls)
-        graph = scheduler.Graph(trace.graphs[0])
+        graph = planner.Graph(trace.graphs[0])
         model = trace.model(signature)
         sig = servable.signatures[signature]
-        for realisation in scheduler.REALISATIONS:
+        for realisation in planner.REALISATIONS:
             for inputs in calls:
                 args = [inputs[a] for a in sig.inputs]
                 costs = model.nearest(len(args[0]))
-                plan = scheduler.plan(graph, costs, 2, realisation, order_us=0.0)
+                plan = planner.plan(graph, costs, 2, realisation, order_us=0.0)
                 assert plan.edges, (signature, realisation)
                 device = (
                     (lambda s: f"/device:CPU:{s}") if realisation == "place" else (lambda s: "")
                 )
-                got = run_copy(servable, scheduler.rewrite(graph, plan, device), args)
+                got = run_copy(servable, planner.rewrite(graph, plan, device), args)
                 want = servable.run(dict(zip(sig.inputs.values(), args, strict=True)),
                                     list(sig.outputs.values()))  # fmt: skip
                 for a, b in zip(got, want, strict=True):
@@ -183,12 +182,12 @@ def test_buckets_are_powers_of_two() -> None:
 # ---------------------------------------------------------------------------- the policy
 
 
-def _graph(edges: dict[str, list[str]]) -> scheduler.Graph:
+def _graph(edges: dict[str, list[str]]) -> planner.Graph:
     graph = graph_pb2.GraphDef()
     for name, inputs in edges.items():
         node = graph.node.add(name=name, op="Identity" if inputs else "Placeholder")
         node.input.extend(inputs)
-    return scheduler.Graph(graph)
+    return planner.Graph(graph)
 
 
 def test_ranks_are_cost_plus_the_longest_chain_after() -> None:
@@ -197,13 +196,13 @@ def test_ranks_are_cost_plus_the_longest_chain_after() -> None:
                     "out": ["c"]})  # fmt: skip
     us = {"x": 1, "a": 100, "b1": 40, "b2": 40, "c": 10, "out": 1}
     costs = Bucket([1], 0.0, 0.0, {n: ("Identity", t) for n, t in us.items()})
-    plan = scheduler.plan(graph, costs, 2, hop_us=0.0)
+    plan = planner.plan(graph, costs, 2, hop_us=0.0)
     assert plan.rank["c"] == 11 and plan.rank["a"] == 111 and plan.rank["b1"] == 91
     assert plan.critical_path_length == 112
     assert [s.unit for s in plan.critical_path] == ["x", "a", "c", "out"]
     assert plan.slot_of["a"] != plan.slot_of["b1"]  # the branches run side by side
     assert plan.predicted_us == pytest.approx(112) and plan.serial_us == pytest.approx(192)
-    one = scheduler.plan(graph, costs, 1, hop_us=0.0)
+    one = planner.plan(graph, costs, 1, hop_us=0.0)
     assert one.predicted_us == pytest.approx(192)
     assert ("a", "b1") in one.edges or ("b1", "a") in one.edges  # serialised by an edge
 
@@ -211,9 +210,9 @@ def test_ranks_are_cost_plus_the_longest_chain_after() -> None:
 def test_rewrite_orders_places_and_renames(tmp_path: Path) -> None:
     servable = load(branchy(tmp_path / "b"))
     trace = traced(servable, "serving_default", [{"x": np.ones((64, WIDTH), np.float32)}] * 3)
-    graph = scheduler.Graph(trace.graphs[0])
-    plan = scheduler.plan(graph, trace.model("s").buckets[64], 2, "place", order_us=0.0)
-    copy = scheduler.rewrite(graph, plan, lambda s: f"/device:CPU:{s}")
+    graph = planner.Graph(trace.graphs[0])
+    plan = planner.plan(graph, trace.model("s").buckets[64], 2, "place", order_us=0.0)
+    copy = planner.rewrite(graph, plan, lambda s: f"/device:CPU:{s}")
     nodes = {n.name: n for n in copy.graph.node}
     assert not any(name.startswith("_") for name in nodes)  # _Arg, _Retval renamed
 
@@ -234,8 +233,8 @@ def test_graphs_that_change_state_are_never_scheduled() -> None:
     graph_def = servable._session.graph.as_graph_def()
     incr = servable.signatures["incr_counter"].outputs["output"]
     get = servable.signatures["get_counter"].outputs["output"]
-    assert scheduler.state_writers(graph_def, [incr]) == ["AssignAdd"]
-    assert scheduler.state_writers(graph_def, [get]) == []
+    assert planner.state_writers(graph_def, [incr]) == ["AssignAdd"]
+    assert planner.state_writers(graph_def, [get]) == []
     for _ in range(3):
         servable.run({}, [incr])
     servable.settle()  # nothing replayed
@@ -254,12 +253,12 @@ def test_auto_falls_back_when_the_schedule_is_slower(tmp_path: Path, monkeypatch
     slower than TF's inter-op pool running them side by side: auto keeps the unscheduled."""
     path = branchy(tmp_path / "b")
     warmup(path, [64])
-    real = scheduler.plan
+    real = planner.plan
 
     def serial(graph, costs, slots, realisation="order", **kw):  # type: ignore[no-untyped-def]
         return real(graph, costs, 1, realisation, order_us=0.0)
 
-    monkeypatch.setattr(scheduler, "plan", serial)
+    monkeypatch.setattr(planner, "plan", serial)
     servable = load(path, "auto")
     request = {"x:0": np.random.default_rng(2).standard_normal((64, WIDTH)).astype(np.float32)}
     want = load(path).run(request, ["y:0"])

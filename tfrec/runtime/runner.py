@@ -37,7 +37,6 @@ graph that measured faster.
 from __future__ import annotations
 
 import logging
-import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -49,6 +48,7 @@ from tensorflow.core.protobuf import config_pb2
 
 from tfrec.base.errors import from_tf_error
 from tfrec.runtime.stage import Key, Run, bucket_of, rows_of
+from tfrec.runtime.trial import Trial
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class Runner:
         if pool is not None:
             mode = POOLED
         self._trials = trials
-        self._times: dict[int, tuple[list[float], list[float]]] = {}  # bucket -> per mode
+        self._trials_of: dict[int, Trial] = {}  # undecided bucket -> POOLED against INLINE
         self._modes: dict[int, int] = {}  # bucket -> the mode chosen
         self._samples: dict[int, list[list[np.ndarray]]] = {}  # undecided bucket -> calls
         self._lock = threading.Lock()
@@ -123,23 +123,24 @@ class Runner:
         with self._lock:
             mode = self._modes.get(bucket)  # decided by another thread meanwhile?
             if mode is None:
-                times = self._times.setdefault(bucket, ([], []))
-                mode = INLINE if len(times[INLINE]) < len(times[POOLED]) else POOLED
+                trial = self._trials_of.get(bucket)
+                if trial is None:
+                    trial = self._trials_of[bucket] = Trial(self._trials)
+                mode = trial.next_arm()  # arm 0 is POOLED, arm 1 INLINE
                 samples = self._samples.setdefault(bucket, [])
                 if len(samples) < SAMPLES:
                     samples.append([np.array(a, copy=True) for a in args])
             else:
-                times = None
-        if times is None:
+                trial = None
+        if trial is None:
             return self._fns[mode](*args)
         start = time.perf_counter()
         result = self._fns[mode](*args)
         elapsed = time.perf_counter() - start
         with self._lock:
-            if bucket not in self._modes:  # concurrent trial runs may have decided it
-                times[mode].append(elapsed)
-                if min(map(len, times)) >= self._trials:
-                    self._choose(bucket, times)
+            # concurrent trial runs may have decided it
+            if bucket not in self._modes and trial.record(mode, elapsed):
+                self._choose(bucket, trial)
         return result
 
     def undecided(self) -> bool:
@@ -162,10 +163,10 @@ class Runner:
         with self._lock:
             self._samples.clear()
 
-    def _choose(self, bucket: int, times: tuple[list[float], list[float]]) -> None:
-        medians = [statistics.median(t) for t in times]
-        mode = self._modes[bucket] = INLINE if medians[INLINE] < medians[POOLED] else POOLED
-        del self._times[bucket]
+    def _choose(self, bucket: int, trial: Trial) -> None:
+        medians = trial.medians()
+        mode = self._modes[bucket] = trial.winner()
+        del self._trials_of[bucket]
         self._samples.pop(bucket, None)
         log.info(
             "%s, rows up to %d, runs on %s (median %.3f ms, against %.3f ms on %s)",

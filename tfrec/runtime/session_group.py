@@ -44,7 +44,7 @@ from tensorflow.python.ops import gen_resource_variable_ops, gen_state_ops
 from tensorflow.python.saved_model import loader_impl
 from tensorflow.python.util import deprecation
 
-from tfrec.base import affinity
+from tfrec.base import affinity, wire
 from tfrec.base.errors import ServingError
 
 log = logging.getLogger(__name__)
@@ -157,8 +157,10 @@ class SessionGroup:
         lanes: list[Lane],
         replicated: frozenset[str],
         state_tids: list[int],
+        wires: dict[str, str] | None = None,
     ) -> None:
         self.session = session
+        self.wires = wires or {}  # string feed -> its wire tensor (`tfrec.base.wire`)
         self.meta_graph = meta_graph
         self.options = options
         self.lanes = lanes
@@ -213,6 +215,7 @@ class SessionGroup:
             lanes, state_tids = _lanes_and_threads(options, created)
             with graph.as_default(), deprecation.silence():
                 loader = loader_impl.SavedModelLoader(str(path))
+                wires = wire.rewrite_meta_graph(loader.get_meta_graph_def_from_tags(list(tags)))
                 saver, _ = loader.load_graph(graph, list(tags))
                 if options.replicas:
                     for op in graph.get_operations():
@@ -232,7 +235,7 @@ class SessionGroup:
             session.close()
             text = " ".join((getattr(err, "message", None) or str(err)).split())
             raise ServingError(f"Failed to load SavedModel at {path}: {text}") from err
-        return cls(session, meta_graph, options, lanes, replicated, state_tids)
+        return cls(session, meta_graph, options, lanes, replicated, state_tids, wires)
 
 
 def _lanes_and_threads(

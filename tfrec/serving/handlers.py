@@ -13,10 +13,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from tensorflow.core.framework import types_pb2
+from tensorflow.core.framework.tensor_pb2 import TensorProto
 from tensorflow_serving.apis import classification_pb2, inference_pb2, input_pb2, regression_pb2
 from tensorflow_serving.apis.model_pb2 import ModelSpec
 
-from tfrec.base import codecs
+from tfrec.base import codecs, wire
 from tfrec.base.errors import FailedPrecondition, Internal, InvalidArgument, Unimplemented
 from tfrec.base.metrics import Metrics
 from tfrec.serving import inference, structured
@@ -72,15 +74,23 @@ class Handlers:
             raise FailedPrecondition(f'Serving signature key "{name}" not found.')
         out_spec = response_spec(spec.name, name, servable.version)
         self._check_predict_method(signature)
-        arrays = self._inputs(signature, request.inputs)
+        wired = servable.wire_inputs.get(name, {})
+        arrays, on_wire = self._inputs(signature, request.inputs, wired)
         aliases, fetches = self._fetches(signature, request.output_filter)
         twin = servable.structured.get(name)
         if twin is not None:
             structured.check_request(twin, arrays)
-        feeds = {signature.inputs[alias]: array for alias, array in arrays.items()}
+        feeds = {
+            wired[alias] if alias in on_wire else signature.inputs[alias]: array
+            for alias, array in arrays.items()
+        }
+        rows = None
+        if on_wire:  # a wire value's own shape is not the tensor's
+            dims = [on_wire[a] if a in on_wire else arrays[a].shape[:1] for a in arrays]
+            rows = max((d[0] for d in dims if d), default=1) or 1
         start = time.perf_counter()
         values = servable.run(feeds, fetches, name, tuple(arrays), tuple(aliases),
-                              request.deadline)  # fmt: skip
+                              request.deadline, rows)  # fmt: skip
         self._observe(servable, "Predict", name, start)
         return out_spec, dict(zip(aliases, values, strict=True))
 
@@ -94,8 +104,12 @@ class Handlers:
             )
 
     @staticmethod
-    def _inputs(signature: Signature, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """The request's arrays by alias (defaults filled in), checked as TF-Serving checks."""
+    def _inputs(
+        signature: Signature, inputs: Mapping[str, Any], wired: Mapping[str, str]
+    ) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, ...]]]:
+        """The request's arrays by alias (defaults filled in), checked as TF-Serving checks,
+        and the shapes of those fed on the wire (`wired` aliases sent as TensorProtos that
+        `wire.wire_value` takes: their array is the serialized proto)."""
         expected = signature.inputs
         if len(inputs) > len(expected) or (len(inputs) < len(expected) and not signature.defaults):
             raise InvalidArgument(
@@ -105,12 +119,21 @@ class Handlers:
                 f"Missing but required: {{{_sorted_set(set(expected) - set(inputs))}}}."
             )
         arrays: dict[str, np.ndarray] = {}
+        on_wire: dict[str, tuple[int, ...]] = {}
         used = []
         for alias, tensor_name in expected.items():
             if alias in inputs:
                 used.append(alias)
+                value = inputs[alias]
                 try:
-                    arrays[alias] = Request.decode(inputs[alias])
+                    if alias in wired and isinstance(value, TensorProto):
+                        try:
+                            arrays[alias] = wire.wire_value(value, types_pb2.DT_STRING)
+                            on_wire[alias] = tuple(d.size for d in value.tensor_shape.dim)
+                            continue
+                        except wire.WireMismatch:
+                            pass  # decoded below, which words any error
+                    arrays[alias] = Request.decode(value)
                 except codecs.TensorParseError:
                     raise InvalidArgument(f"tensor parsing error: {alias}") from None
             elif alias in signature.defaults:
@@ -127,7 +150,7 @@ class Handlers:
                 f"Inputs contains invalid name. Used request inputs: {','.join(sorted(used))}, "
                 f"request input: {_sorted_set(inputs)}"
             )
-        return arrays
+        return arrays, on_wire
 
     @staticmethod
     def _fetches(signature: Signature, output_filter: Sequence[str]) -> tuple[list[str], list[str]]:

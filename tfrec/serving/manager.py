@@ -16,8 +16,6 @@ directories, loading, closing sessions) runs outside it.
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
-import enum
 import logging
 import threading
 import time
@@ -36,60 +34,9 @@ from tfrec.base.errors import (
 )
 from tfrec.serving import config as config_lib
 from tfrec.serving.servable import Servable
+from tfrec.serving.versions import State, VersionStatus, _due_to, _Model, _Version, unloadable
 
 log = logging.getLogger(__name__)
-
-
-class State(enum.IntEnum):
-    """ModelVersionStatus.State, the numbers GetModelStatus reports."""
-
-    UNKNOWN = 0
-    START = 10
-    LOADING = 20
-    AVAILABLE = 30
-    UNLOADING = 40
-    END = 50
-
-
-@dataclasses.dataclass
-class VersionStatus:
-    version: int
-    state: State
-    error: ServingError | None = None
-
-
-@dataclasses.dataclass(eq=False)
-class _Version:
-    """The harness of one model version."""
-
-    version: int
-    path: Path
-    state: State = State.START
-    error: ServingError | None = None
-    servable: Servable | None = None
-    leases: int = 0
-    aspired: bool = True
-
-
-@dataclasses.dataclass(eq=False)
-class _Model:
-    name: str
-    config: config_lib.ModelConfig | None
-    versions: dict[int, _Version] = dataclasses.field(default_factory=dict)
-    labels: dict[str, int] = dataclasses.field(default_factory=dict)
-
-    def latest(self) -> _Version | None:
-        best = None
-        for harness in self.versions.values():
-            if harness.state != State.AVAILABLE:
-                continue
-            if best is None or harness.version > best.version:
-                best = harness
-        return best
-
-
-def _due_to(error: ServingError | None) -> str:
-    return f" due to error: {error.code.name}: {error.message}" if error else ""
 
 
 # Loads a servable for (name, version, path); raises ServingError on failure.
@@ -355,7 +302,7 @@ class Manager:
                 if existing is None or (existing.state == State.END and number not in was_aspired):
                     harness = model.versions[number] = _Version(number, aspired[number])
                     to_load.append(harness)
-            unload = self._unloadable(model)
+            unload = unloadable(model)
             for harness in unload:
                 harness.state = State.UNLOADING
             self._cond.notify_all()
@@ -363,19 +310,6 @@ class Manager:
             self._load_pool.submit(self._load, model, harness)
         for harness in unload:
             self._unload_pool.submit(self._unload, harness)
-
-    @staticmethod
-    def _unloadable(model: _Model) -> list[_Version]:
-        """AvailabilityPreservingPolicy: the unaspired AVAILABLE versions that may go now."""
-        aspired = [h for h in model.versions.values() if h.aspired]
-        serving_aspired = any(h.state == State.AVAILABLE for h in aspired)
-        unaspired = sorted(
-            (h for h in model.versions.values() if not h.aspired and h.state == State.AVAILABLE),
-            key=lambda h: h.version,
-        )
-        if not aspired or serving_aspired:
-            return unaspired
-        return unaspired[:-1]  # keep the highest one serving until an aspired one is ready
 
     def _load(self, model: _Model, harness: _Version) -> None:
         """Loads one version with retries; publishes it or records the last error."""
@@ -413,7 +347,7 @@ class Manager:
     def _publish(self, model: _Model, harness: _Version, servable: Servable) -> None:
         with self._cond:
             harness.servable, harness.state, harness.error = servable, State.AVAILABLE, None
-            unload = self._unloadable(model)
+            unload = unloadable(model)
             for old in unload:
                 old.state = State.UNLOADING
             self._cond.notify_all()

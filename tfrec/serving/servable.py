@@ -33,7 +33,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
 from tensorflow.python.util import deprecation
 
-from tfrec.base import affinity, codecs
+from tfrec.base import affinity, codecs, wire
 from tfrec.base.errors import InvalidArgument, ServingError
 from tfrec.runtime.batching import BatchStage
 from tfrec.runtime.route import Route
@@ -63,6 +63,7 @@ class Servable:
         path: Path,
         meta_graph: meta_graph_pb2.MetaGraphDef,
         session: tf.compat.v1.Session,
+        wires: Mapping[str, str] | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -85,6 +86,10 @@ class Servable:
                 except (KeyError, ValueError):
                     enum = info.dtype
                 self._feed_dtypes[info.name] = codecs.dtype_of_enum(enum)
+        # String inputs a request may feed as serialized TensorProtos (`tfrec.base.wire`):
+        # signature -> alias -> wire tensor; none where a stage needs the values (`_build`).
+        self._wires = dict(wires or {})
+        self.wire_inputs: dict[str, dict[str, str]] = {}
         # Which fetches change state (never replayed nor scheduled); the graph is read once.
         self.writers = planner.StateWriters(graph)
         # The stages, set once by `load` (`_build`); each None when off.
@@ -115,9 +120,9 @@ class Servable:
         group = None
         if lanes is not None:
             group = lanes.load(name, version, path, tags, session_config)
-            session, meta_graph = group.session, group.meta_graph
+            session, meta_graph, wires = group.session, group.meta_graph, group.wires
         else:
-            session, meta_graph = _load_session(path, tags, session_config)
+            session, meta_graph, wires = _load_session(path, tags, session_config)
         log.info(
             "Loaded servable version {name: %s version: %d} from %s in %.2f s",
             name,
@@ -125,7 +130,7 @@ class Servable:
             path,
             time.monotonic() - started,
         )
-        servable = cls(name, version, path, meta_graph, session)
+        servable = cls(name, version, path, meta_graph, session, wires)
         try:
             servable._build(session_config, group, lanes, batching, run_mode, scheduling,
                             dedup, metrics)  # fmt: skip
@@ -170,6 +175,18 @@ class Servable:
         if routes:
             stage = Route(stage, routes, self.name, metrics)
         self.stages = stage
+        if batching is None:  # merged batches need arrays to concatenate
+            self.wire_inputs = self._wired(exclude=set(routes) | set(self.structured))
+
+    def _wired(self, exclude: set[str]) -> dict[str, dict[str, str]]:
+        """Per signature, the string inputs fed on the wire: not those of structured twins
+        (their shapes are checked) nor of signatures routed to one (dedup compares rows)."""
+        out = {}
+        for name, signature in self.signatures.items():
+            wired = {a: self._wires[t] for a, t in signature.inputs.items() if t in self._wires}
+            if wired and name not in exclude:
+                out[name] = wired
+        return out
 
     def _routes(self) -> dict[str, tuple[structured.Twin, Signature]]:
         """Twins a flat run may be routed to: the graph feeds shared inputs the same dtypes."""
@@ -220,13 +237,15 @@ class Servable:
         aliases: tuple[str, ...] = (),
         outputs: tuple[str, ...] = (),
         deadline: float | None = None,
+        rows: int | None = None,
     ) -> list[np.ndarray]:
         """Checks the feed dtypes, then runs down the stages.
 
         `feeds` maps tensor names to arrays, `fetches` are tensor names; `signature`,
         `aliases` (of the feeds) and `outputs` (of the fetches) say where they come from.
         A wrong dtype gets the exact message TensorFlow's DirectSession gives (`Expects
-        arg[i] to be float but string is provided`).
+        arg[i] to be float but string is provided`). `rows` is given where a feed is a wire
+        value (whose own shape says nothing of the request's rows).
         """
         names = tuple(feeds)
         args = []
@@ -242,7 +261,7 @@ class Servable:
                 array = array.astype(expected.numpy)
             args.append(array)
         key = (names, tuple(fetches))
-        run = Run(key, args, signature or self.signature_of(key), aliases, outputs, deadline)
+        run = Run(key, args, signature or self.signature_of(key), aliases, outputs, deadline, rows)
         return self.stages.run(run)
 
     def signature_of(self, key: tuple[tuple[str, ...], tuple[str, ...]]) -> str:
@@ -277,17 +296,17 @@ class Servable:
 
 def _load_session(
     path: Path, tags: Sequence[str], config: config_pb2.ConfigProto
-) -> tuple[tf.compat.v1.Session, meta_graph_pb2.MetaGraphDef]:
+) -> tuple[tf.compat.v1.Session, meta_graph_pb2.MetaGraphDef, dict[str, str]]:
     graph = tf.Graph()
     session = tf.compat.v1.Session(graph=graph, config=config)
     try:
         with graph.as_default(), deprecation.silence():
-            meta_graph = tf.compat.v1.saved_model.loader.load(session, list(tags), str(path))
+            meta_graph, wires = wire.load_with_wire(session, str(path), tags)
     except Exception as err:
         session.close()
         raise ServingError(f"Failed to load SavedModel at {path}: {_one_line(err)}") from err
     graph.finalize()
-    return session, meta_graph
+    return session, meta_graph, wires
 
 
 def _one_line(err: Exception) -> str:
