@@ -11,12 +11,12 @@ ids in any table), strings empty (out of vocabulary), drawn from numpy's default
 0 by default). Dimensions fixed to 1 in the signature (the per-user inputs of a structured
 twin) stay 1.
 
-`profile` writes the cost models (`tfrec.schedule.costmodel`) of every signature that can be
-scheduled to `VERSION_DIR/assets.extra/tfrec_cost_model.json` (or `--out`): the server then uses those
-costs instead of its own profile where the executed graph is the same. `explain` prints, per
-signature and bucket of rows: the critical path, each slot's order, the control edges, and the
-predicted time against the measured one (unscheduled on TF's inter-op pool and in the calling
-thread, scheduled), in-process, arms alternating in rounds.
+`profile` writes the cost models (`tfrec.schedule.costmodel`) of every signature that can
+be scheduled to `VERSION_DIR/assets.extra/tfrec_cost_model.json` (or `--out`): the server
+then uses those costs instead of its own profile where the executed graph is the same.
+`explain` prints, per signature and bucket of rows: the critical path, each slot's order,
+the control edges, and the predicted time against the measured one (unscheduled on TF's
+inter-op pool and in the calling thread, scheduled), in-process, arms alternating in rounds.
 """
 
 from __future__ import annotations
@@ -231,8 +231,8 @@ def explain(
 ) -> dict[str, Any]:
     """Per signature and bucket: the plan, its prediction and the measured times."""
     from tfrec.base import affinity
-    from tfrec.schedule import planner as scheduler
-    from tfrec.schedule.costmodel import bucket_of, rows_of
+    from tfrec.runtime.stage import bucket_of, rows_of
+    from tfrec.schedule import planner
 
     slots = slots or len(affinity.allowed_cpus())
     loaded = _Loaded(version_dir, slots if realisation == "place" else 1)
@@ -240,14 +240,14 @@ def explain(
     out: dict[str, Any] = {"version_dir": str(version_dir), "slots": slots,
                            "realisation": realisation, "signatures": {}}  # fmt: skip
     for name in _signatures(loaded.meta, signatures):
-        writers = scheduler.state_writers(graph_def, loaded.key(name)[1])
+        writers = planner.state_writers(graph_def, loaded.key(name)[1])
         if writers:
             out["signatures"][name] = {"skipped": f"changes state ({', '.join(writers)})"}
             continue
         batch = requests(version_dir, loaded.meta, name, file, sizes, seed)
         trace = _trace(loaded, name, batch, runs)
         model = trace.model(name)
-        graph = scheduler.Graph(trace.graphs[0])
+        graph = planner.Graph(trace.graphs[0])
         by_bucket: dict[int, list[list[np.ndarray]]] = collections.defaultdict(list)
         for inputs in batch:
             args = loaded.args(name, inputs)
@@ -255,7 +255,7 @@ def explain(
         buckets = {}
         for bucket, calls in sorted(by_bucket.items()):
             costs = model.buckets[bucket]
-            plan = scheduler.plan(graph, costs, slots, realisation)
+            plan = planner.plan(graph, costs, slots, realisation)
             entry: dict[str, Any] = {"rows": costs.rows, "plan": plan.to_json()}
             entry["ops"] = len(graph.nodes)
             entry["measured_ms"] = _measure(loaded, name, graph, plan, calls, rounds)
@@ -270,7 +270,7 @@ def _measure(loaded: _Loaded, name: str, graph: Any, plan: Any, calls: list, rou
     import tensorflow as tf
     from tensorflow.core.protobuf import config_pb2
 
-    from tfrec.schedule import planner as scheduler
+    from tfrec.schedule import planner
 
     feeds, fetches = loaded.key(name)
     fns = {}
@@ -281,7 +281,7 @@ def _measure(loaded: _Loaded, name: str, graph: Any, plan: Any, calls: list, rou
         fns[arm] = loaded.session._make_callable_from_options(options)
     if plan.edges or plan.realisation == "place":
         device = (lambda s: f"/device:CPU:{s}") if plan.realisation == "place" else (lambda s: "")
-        copy = scheduler.rewrite(graph, plan, device)
+        copy = planner.rewrite(graph, plan, device)
         g = loaded.graph
         scope = g.unique_name("tfrec_schedule", mark_as_used=False)
         with g.as_default():
