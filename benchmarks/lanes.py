@@ -262,14 +262,14 @@ INPROCESS_ARMS: dict[str, int] = {BASELINE: 1, "K=2": 2, "K=4": 4}
 
 
 def run_inprocess_worker(arm: str, work: Path, n: int, seconds: float) -> None:
-    from tfrec.runtime.lanes import Lanes
+    from tfrec.runtime.lanes import ServerLanes
     from tfrec.runtime.runner import POOLED
     from tfrec.runtime.session_group import GroupOptions
     from tfrec.serving.servable import Servable, session_config
 
     k = INPROCESS_ARMS[arm]
     version = work / "wdl" / "1"
-    lanes = Lanes(GroupOptions.resolve(k, 0, 0)) if k > 1 else None  # the server's defaults
+    lanes = ServerLanes(GroupOptions.resolve(k, 0, 0)) if k > 1 else None  # the server's defaults
     servable = Servable.load(
         "wdl", 1, version, ["serve"], session_config(0, 0), lanes=lanes, run_mode=POOLED
     )

@@ -1,32 +1,42 @@
-"""Serving overhead, side by side in one run: tfrec over gRPC against its floors.
+"""Serving overhead on every zoo model: tfrec over gRPC against its floors, side by side.
 
-Three arms per case, alternating in rounds so machine drift hits all of them alike:
-- `in_process`: the same signature run in this process through a session callable (the
-  cheapest way to run it from Python; the network and the server excluded);
-- `tfrec_grpc`: a `tfrec_model_server` subprocess, Predict over a real gRPC channel with the
-  stock client stubs (request built once, as `tf.make_tensor_proto` builds it);
-- `grpc_floor`: a bare grpcio PredictionService subprocess (benchmarks/grpc_floor.py) that
-  decodes the same input and returns it; where the model's in-process p50 exceeds 1 ms, it
-  also sleeps that long and replies with the model's output size: a server with zero
-  overhead of its own.
+Cases: `half_plus_two` with x=[[2.0]] (TF-Serving's test model), and every zoo model
+(benchmarks/models, the original export: not converted, so this measures overhead, not the
+structured speedups) with flat ranking requests of N = 100 and 1000 rows (one user, N
+candidates, user features repeated per row, as a stock TF-Serving client sends them:
+`benchmarks.workloads`). The `strings` model's request holds ~52k strings at N = 1000.
 
-Cases: `half_plus_two` with x=[[2.0]] (TF-Serving's test model); `mlp_1000x200`: a 1000x200
-float32 request into a ranking MLP (200 -> 1024 -> 512 -> 256 -> 1, DLRM-sized); and
-`half_plus_two_1000x200`, the same 800 KB request into half_plus_two, which returns 800 KB
-(nearly pure transport). Latency is
-end-to-end at concurrency 1, client in this process. Results go to
-`benchmarks/results/overhead-<date>.json` and to the table in `benchmarks/README.md`.
+Four arms per case, alternating in rounds (the order rotates each round) so machine drift
+hits all of them alike; latency end-to-end at concurrency 1, the client in this process:
+- `in_process`: the signature run in this process through a session callable (loaded as
+  TF-Serving loads it; the faster of TF's pooled and inline modes): no network, no server;
+- `python_floor`: benchmarks/grpc_floor.py, a bare grpcio PredictionService that decodes every
+  input into numpy (strings into Python bytes), waits the in-process p50 (re-read after every
+  round) and returns the model's outputs: a Python server with zero overhead of its own;
+- `cxx_floor`: the same in C++ (benchmarks/cxx_floor/floor.cc): what stock TF-Serving's
+  transport could at best do. Built and cached on first use; skipped with a note when the gRPC
+  C++ toolchain is not installed;
+- `tfrec`: `python -m server.main` with default flags, the stock `tensorflow_serving.apis` stub,
+  the request built once. Its outputs must equal `in_process`'s before any timing.
 
-    python benchmarks/overhead.py [--requests 1000] [--rounds 10]
+Targets: on every zoo model at N = 100 and 1000, tfrec's p50 at most the Python floor's plus
+0.1 ms or 1.05x it, whichever is larger; on `strings` at N = 1000 at most 0.7x the Python floor;
+half_plus_two at most 1.3x the Python floor (issue 2). Results go to
+`benchmarks/results/overhead-<date>.json` and the table in `benchmarks/README.md`.
+
+    python benchmarks/overhead.py [--models wdl,strings] [--n 100 1000] [--scale full]
+        [--requests 1000] [--rounds 10] [--seconds-per-arm 30] [--no-readme]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
+import math
 import os
 import platform
-import subprocess
+import statistics
 import sys
 import tempfile
 import time
@@ -37,184 +47,218 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
 from benchmarks import report  # noqa: E402
-from server.main import tune_malloc  # noqa: E402
-from tfrec.serving.servable import Servable, session_config  # noqa: E402
+from benchmarks.grpc_floor import tune_malloc  # noqa: E402
+from benchmarks.models import NAMES  # noqa: E402
+from benchmarks.models.scales import SCALES  # noqa: E402
+from benchmarks.overhead_arms import (  # noqa: E402
+    Arrays,
+    InProcess,
+    Subprocess,
+    cxx_floor,
+    floor_request,
+    measure,
+    python_floor,
+    response_arrays,
+    set_delay,
+    tfrec_server,
+)
+from benchmarks.workloads import Workload, predict_request  # noqa: E402
+from benchmarks.zoo_cache import zoo_model  # noqa: E402
 
 HALF_PLUS_TWO = ROOT / "tests" / "testdata" / "tfserving" / "saved_model_half_plus_two_cpu"
-free_port = report.free_port
-# Below this a model's run is left out of the floor: time.sleep itself costs ~50 us.
-MIN_FLOOR_DELAY_US = 1000.0
+CASES = ("half_plus_two", *NAMES)
+ARMS = ("in_process", "python_floor", "cxx_floor", "tfrec")
+TARGET_EXTRA_US, TARGET_RATIO = 100.0, 1.05  # zoo: max(floor + 0.1 ms, 1.05 floor)
+STRINGS_TARGET_RATIO = 0.7  # `strings` at N = 1000
+HALF_PLUS_TWO_TARGET_RATIO = 1.3
+TFREC_WARMUP = 40  # covers tfrec's per-bucket mode trial (16 runs of each mode)
+MIN_REQUESTS = 20
+PARITY_RTOL = PARITY_ATOL = 1e-5
 
 
-def build_mlp(base: Path) -> Path:
-    """A ranking-style MLP over a [N, 200] float32 input, exported as base/1."""
-
-    class Mlp(tf.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            init = tf.random_normal_initializer(stddev=0.05, seed=1)
-            self.layers = [
-                (tf.Variable(init([a, b])), tf.Variable(tf.zeros([b])))
-                for a, b in [(200, 1024), (1024, 512), (512, 256), (256, 1)]
-            ]
-
-        @tf.function(input_signature=[tf.TensorSpec([None, 200], tf.float32, name="x")])
-        def serve(self, x):  # type: ignore[no-untyped-def]
-            for i, (w, b) in enumerate(self.layers):
-                x = tf.matmul(x, w) + b
-                x = tf.nn.relu(x) if i < 3 else tf.sigmoid(x)
-            return {"y": x}
-
-    model = Mlp()
-    tf.saved_model.save(model, str(base / "1"), signatures={"serving_default": model.serve})
-    return base
-
-
-class Subprocess:
-    def __init__(self, args: list[str], port: int) -> None:
-        self.proc = subprocess.Popen(
-            args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
-        self.channel = grpc.insecure_channel(
-            f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", 2**31 - 1)]
-        )
-        try:
-            grpc.channel_ready_future(self.channel).result(timeout=120)
-        except grpc.FutureTimeoutError:
-            self.proc.kill()
-            raise SystemExit(f"{args} did not start:\n{self.proc.communicate()[1]}") from None
-        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
-
-    def close(self) -> None:
-        self.channel.close()
-        self.proc.terminate()
-        self.proc.wait(60)
-
-
-def request_for(model: str, x: np.ndarray) -> predict_pb2.PredictRequest:
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model
-    request.inputs["x"].CopyFrom(tf.make_tensor_proto(x))
-    return request
-
-
-def measure(call: Callable[[], object], n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        start = time.perf_counter_ns()
-        call()
-        out.append((time.perf_counter_ns() - start) / 1e3)
-    return out
-
-
-def run_case(
-    name: str, base: Path, x: np.ndarray, floor: Subprocess, requests: int, rounds: int
-) -> dict:
-    port = free_port()
-    tfrec = Subprocess(
-        [
-            sys.executable,
-            "-m",
-            "server.main",
-            f"--port={port}",
-            "--model_name=m",
-            f"--model_base_path={base}",
-        ],
-        port,
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(CASES), help="comma-separated cases")
+    parser.add_argument("--n", type=int, nargs="+", default=[100, 1000], help="rows per request")
+    parser.add_argument("--scale", choices=list(SCALES), default="full", help="zoo scale")
+    parser.add_argument("--requests", type=int, default=1000, help="per arm and case, at most")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument(
+        "--seconds-per-arm", type=float, default=30.0, help="fewer requests for slow cases"
     )
-    try:
-        servable = Servable.load(
-            "m",
-            1,
-            next(p for p in base.iterdir() if p.name.isdigit()),
-            ["serve"],
-            session_config(0, 0),
-        )
-        signature = servable.signatures["serving_default"]
-        feeds = {signature.inputs["x"]: x}
-        fetches = list(signature.outputs.values())
-        request = request_for("m", x)
-        expected = servable.run(feeds, fetches)[0]
-        got = tf.make_ndarray(tfrec.stub.Predict(request).outputs["y"])
-        np.testing.assert_allclose(got, expected, rtol=1e-6)
-        run_us = float(np.median(measure(lambda: servable.run(feeds, fetches), 50)))
-        floor_request = request_for("m", x)
-        if expected.shape != x.shape:
-            floor_request.inputs["reply"].CopyFrom(tf.make_tensor_proto(expected))
-        if run_us > MIN_FLOOR_DELAY_US:
-            floor_request.inputs["delay_us"].CopyFrom(tf.make_tensor_proto(run_us))
-        arms: dict[str, Callable[[], object]] = {
-            "in_process": lambda: servable.run(feeds, fetches),
-            "tfrec_grpc": lambda: tfrec.stub.Predict(request),
-            "grpc_floor": lambda: floor.stub.Predict(floor_request),
-        }
-        samples: dict[str, list[float]] = {arm: [] for arm in arms}
-        for call in arms.values():  # warm up every path
-            measure(call, 50)
-        per_round = max(1, requests // rounds)
-        for _ in range(rounds):
-            for arm, call in arms.items():
-                samples[arm].extend(measure(call, per_round))
-        servable.close()
-    finally:
-        tfrec.close()
+    parser.add_argument(
+        "--no-readme", action="store_true", help="results to a temp dir; README.md left alone"
+    )
+    args = parser.parse_args(argv)
+    args.models = [m for m in args.models.split(",") if m]
+    unknown = set(args.models) - set(CASES)
+    if unknown:
+        parser.error(f"unknown models {sorted(unknown)}; known: {', '.join(CASES)}")
+    return args
+
+
+def log(text: str) -> None:
+    print(f"[overhead] {text}", file=sys.stderr, flush=True)
+
+
+def target(model: str, n: int, arms: dict[str, dict]) -> dict | None:
+    """The case's target on tfrec's p50, from the Python floor's p50; None where none is set."""
+    floor = arms["python_floor"]["p50_us"]
+    if model == "half_plus_two":
+        limit, rule = HALF_PLUS_TWO_TARGET_RATIO * floor, "1.3x python_floor"
+    elif model == "strings" and n == 1000:
+        limit, rule = STRINGS_TARGET_RATIO * floor, "0.7x python_floor"
+    elif n in (100, 1000):
+        limit = max(floor + TARGET_EXTRA_US, TARGET_RATIO * floor)
+        rule = "max(python_floor + 0.1 ms, 1.05x python_floor)"
+    else:
+        return None
+    return {"rule": rule, "limit_us": limit, "met": arms["tfrec"]["p50_us"] <= limit}
+
+
+def ratios(arms: dict[str, dict]) -> dict[str, float | None]:
+    tfrec = arms["tfrec"]["p50_us"]
+
+    def over(arm: str) -> float | None:
+        return tfrec / arms[arm]["p50_us"] if arm in arms else None
+
     return {
-        "case": name,
-        "input_shape": list(x.shape),
-        "floor_delay_us": run_us,
-        "request_bytes": request.ByteSize(),
-        "arms": {arm: report.summarize(values) for arm, values in samples.items()},
+        "tfrec_over_python_floor_p50": over("python_floor"),
+        "tfrec_minus_python_floor_ms": (tfrec - arms["python_floor"]["p50_us"]) / 1e3,
+        "tfrec_over_cxx_floor_p50": over("cxx_floor"),
+        "tfrec_over_in_process_p50": over("in_process"),
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=1000, help="requests per arm and case")
-    parser.add_argument("--rounds", type=int, default=10)
-    args = parser.parse_args()
-    tune_malloc()  # the in-process arm gets tfrec's allocator settings too
-    floor_port = free_port()
-    floor = Subprocess(
-        [sys.executable, "-m", "benchmarks.grpc_floor", f"--port={floor_port}"], floor_port
-    )
-    rng = np.random.default_rng(0)
+def check_parity(want: Arrays, got: Arrays, arm: str) -> float:
+    """Raises unless `got` has `want`'s outputs within PARITY; returns the largest |diff|."""
+    if set(got) != set(want):
+        raise AssertionError(f"{arm} returned outputs {sorted(got)}, expected {sorted(want)}")
+    for name, value in want.items():
+        if got[name].shape != value.shape:
+            raise AssertionError(f"{arm}: {name} has shape {got[name].shape}, not {value.shape}")
+        np.testing.assert_allclose(
+            got[name], value, rtol=PARITY_RTOL, atol=PARITY_ATOL, err_msg=f"{arm}: {name}"
+        )
+    return max(float(np.max(np.abs(got[k] - want[k]), initial=0.0)) for k in want)
+
+
+def run_case(
+    model: str,
+    n: int,
+    inputs: Arrays,
+    in_process: InProcess,
+    servers: dict[str, Subprocess],
+    args: argparse.Namespace,
+) -> dict:
+    request = predict_request(inputs, "m", "serving_default")
+    expected = in_process.prepare(inputs)
+    tfrec = servers["tfrec"]
+    max_abs_diff = check_parity(expected, response_arrays(tfrec.stub.Predict(request)), "tfrec")
+    floors = {name: servers[name] for name in ("python_floor", "cxx_floor") if name in servers}
+    to_floor = floor_request(request, expected)
+    set_delay(to_floor, statistics.median(measure(in_process.call, 5)))
+    calls: dict[str, Callable[[], object]] = {
+        "in_process": in_process.call,
+        "tfrec": lambda: tfrec.stub.Predict(request),
+    }
+    for name, floor in floors.items():
+        check_parity(expected, response_arrays(floor.stub.Predict(to_floor)), name)
+        calls[name] = functools.partial(floor.stub.Predict, to_floor)
+    arms = [arm for arm in ARMS if arm in calls]
+    # Warm-up: tfrec's first calls of a size decide its execution mode; the others settle.
+    deadline = time.monotonic() + max(60.0, args.seconds_per_arm)
+    slowest = 0.0
+    for i in range(TFREC_WARMUP):
+        slowest = max(slowest, *measure(calls["tfrec"], 1))
+        if i >= 4 and time.monotonic() > deadline:
+            break
+    for arm in arms:
+        measure(calls[arm], 3)
+    budget = int(args.seconds_per_arm * 1e6 / max(slowest, 1.0))
+    requests = min(args.requests, max(MIN_REQUESTS, budget))
+    per_round = math.ceil(requests / args.rounds)
+    log(f"{model} N={n}: {per_round * args.rounds} requests per arm, in-process {in_process.mode}")
+    samples: dict[str, list[float]] = {arm: [] for arm in arms}
+    for r in range(args.rounds):
+        for arm in arms[r % len(arms) :] + arms[: r % len(arms)]:
+            samples[arm].extend(measure(calls[arm], per_round))
+        set_delay(to_floor, statistics.median(samples["in_process"]))
+    stats = {arm: report.summarize(samples[arm]) for arm in arms}
+    strings = sum(v.size for v in inputs.values() if v.dtype == object)
+    return {
+        "case": model if model == "half_plus_two" else f"{model} N={n}",
+        "model": model,
+        "n": n,
+        "request_bytes": request.ByteSize(),
+        "request_strings": int(strings),
+        "in_process_mode": in_process.mode,
+        "floor_delay_us": statistics.median(samples["in_process"]),
+        "max_abs_diff_tfrec_vs_in_process": max_abs_diff,
+        "arms": stats,
+        "ratios": ratios(stats),
+        "target": target(model, n, stats),
+    }
+
+
+def run_model(
+    model: str, args: argparse.Namespace, floors: dict[str, Subprocess], cases: list[dict]
+) -> None:
+    if model == "half_plus_two":
+        base = HALF_PLUS_TWO
+        requests = [(1, {"x": np.array([[2.0]], np.float32)})]
+    else:
+        base = zoo_model(model, args.scale)
+        workload = Workload.load(base / "1", "m")
+        requests = [(n, workload.request(n, seed=n)) for n in args.n]
+    log(f"{model}: loading")
+    version = next(p for p in sorted(base.iterdir()) if p.name.isdigit())
+    in_process = InProcess(version)
+    tfrec = tfrec_server(base)
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            mlp = build_mlp(Path(tmp) / "mlp")
-            cases = [
-                ("half_plus_two", HALF_PLUS_TWO, np.array([[2.0]], np.float32)),
-                ("mlp_1000x200", mlp, rng.random((1000, 200), np.float32)),
-                ("half_plus_two_1000x200", HALF_PLUS_TWO, rng.random((1000, 200), np.float32)),
-            ]
-            results = []
-            for name, base, x in cases:
-                print(f"[overhead] {name}: {args.requests} requests per arm", file=sys.stderr)
-                results.append(run_case(name, base, x, floor, args.requests, args.rounds))
+        for n, inputs in requests:
+            cases.append(run_case(model, n, inputs, in_process, {**floors, "tfrec": tfrec}, args))
     finally:
-        floor.close()
-    for case in results:
-        arms = case["arms"]
-        case["ratios"] = {
-            "tfrec_over_floor_p50": arms["tfrec_grpc"]["p50_us"] / arms["grpc_floor"]["p50_us"],
-            "tfrec_over_in_process_p50": arms["tfrec_grpc"]["p50_us"]
-            / arms["in_process"]["p50_us"],
-        }
+        tfrec.close()
+        in_process.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    tune_malloc()  # the in-process arm gets tfrec's allocator settings too
+    started = time.monotonic()
+    notes: list[str] = []
+    cases: list[dict] = []
+    floors = {"python_floor": python_floor()}
+    cxx = cxx_floor(notes)
+    if cxx is not None:
+        floors["cxx_floor"] = cxx
+    try:
+        for model in args.models:
+            run_model(model, args, floors, cases)
+    finally:
+        for floor in floors.values():
+            floor.close()
+    command = "python benchmarks/overhead.py " + " ".join(sys.argv[1:] if argv is None else argv)
     output = {
         "benchmark": "overhead",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": report.machine(),
-        "command": "python benchmarks/overhead.py " + " ".join(sys.argv[1:]),
+        "command": command.strip(),
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
-        "cases": results,
+        "scale": args.scale,
+        "rounds": args.rounds,
+        "seconds": round(time.monotonic() - started, 1),
+        "notes": notes,
+        "cases": cases,
     }
-    report.publish("overhead", output, report.overhead_table(output))
+    out = Path(tempfile.mkdtemp(prefix="tfrec-overhead-")) if args.no_readme else report.RESULTS
+    report.publish("overhead", output, report.overhead_table(output), not args.no_readme, out)
 
 
 if __name__ == "__main__":

@@ -56,32 +56,38 @@ def _ms(us: float) -> str:
     return f"{us / 1e3:.3f}"
 
 
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
 def overhead_table(result: dict) -> str:
+    """p50 of every arm per case, tfrec against the floors, and whether its target is met."""
+    arms = ("in_process", "python_floor", "cxx_floor", "tfrec")
     lines = [
         f"Run {result['date']} on {result['machine']}, Python {result['python']}, "
-        f"TensorFlow {result['tensorflow']}. Command: `{result['command']}`.",
+        f"TensorFlow {result['tensorflow']}, zoo scale `{result.get('scale', '-')}`. "
+        f"Command: `{result['command']}`.",
+        *(f"Note: {note}" for note in result.get("notes", [])),
         "",
-        "| case | request | arm | p50 ms | p90 ms | p99 ms | n |",
-        "|---|---|---|---|---|---|---|",
+        "| case | request | " + " | ".join(f"{a} p50 ms" for a in arms) + " | tfrec / "
+        "python_floor | tfrec - python_floor ms | tfrec / cxx_floor | tfrec p99 ms | target |",
+        "|---|---|" + "---|" * (len(arms) + 5),
     ]
     for case in result["cases"]:
-        shape = "x".join(str(d) for d in case["input_shape"])
-        for arm, stats in case["arms"].items():
-            lines.append(
-                f"| {case['case']} | {shape} f32, {case['request_bytes']} B | {arm} | "
-                f"{_ms(stats['p50_us'])} | {_ms(stats['p90_us'])} | {_ms(stats['p99_us'])} | "
-                f"{stats['n']} |"
-            )
-    lines += [
-        "",
-        "| case | tfrec p50 / gRPC floor p50 | tfrec p50 / in-process p50 |",
-        "|---|---|---|",
-    ]
-    for case in result["cases"]:
-        ratios = case["ratios"]
+        stats, ratios, target = case["arms"], case["ratios"], case.get("target")
+        request = f"{case['request_bytes']:,} B"
+        if case.get("request_strings"):
+            request += f", {case['request_strings']:,} strings"
+        p50s = " | ".join(_ms(stats[a]["p50_us"]) if a in stats else "-" for a in arms)
+        verdict = "-"
+        if target:
+            verdict = f"{'met' if target['met'] else 'MISSED'} (<= {_ms(target['limit_us'])})"
         lines.append(
-            f"| {case['case']} | {ratios['tfrec_over_floor_p50']:.2f}x | "
-            f"{ratios['tfrec_over_in_process_p50']:.2f}x |"
+            f"| {case['case']} | {request} | {p50s} | "
+            f"{_x(ratios['tfrec_over_python_floor_p50'])} | "
+            f"{ratios['tfrec_minus_python_floor_ms']:+.3f} | "
+            f"{_x(ratios['tfrec_over_cxx_floor_p50'])} | {_ms(stats['tfrec']['p99_us'])} | "
+            f"{verdict} |"
         )
     return "\n".join(lines)
 
@@ -99,11 +105,11 @@ def update_readme(section: str, table: str) -> None:
     README.write_text(text)
 
 
-def publish(name: str, result: dict, text: str, readme: bool = True) -> Path:
-    """Writes `results/<name>-<date>.json`, puts `text` in the README's `name` section (unless
-    `readme` is false) and prints it; returns the JSON's path."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}-{dt.date.today().isoformat()}.json"
+def publish(name: str, result: dict, text: str, readme: bool = True, out: Path = RESULTS) -> Path:
+    """Writes `<out>/<name>-<date>.json` (out: benchmarks/results), puts `text` in the README's
+    `name` section (unless `readme` is false) and prints it; returns the JSON's path."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}-{dt.date.today().isoformat()}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     if readme:
         update_readme(name, text)

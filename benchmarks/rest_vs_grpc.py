@@ -42,7 +42,7 @@ import orjson  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks import report  # noqa: E402
-from benchmarks.overhead import Subprocess, build_mlp, measure, request_for  # noqa: E402
+from benchmarks.overhead_arms import Subprocess, build_mlp, measure, request_for  # noqa: E402
 from server import json_codec  # noqa: E402
 from server.main import tune_malloc  # noqa: E402
 from tfrec.serving.servable import Servable, session_config  # noqa: E402

@@ -48,7 +48,7 @@ from benchmarks.lanes import cpu_s, rotated  # noqa: E402
 from benchmarks.models import NAMES, export  # noqa: E402
 from benchmarks.servers import TfrecServer  # noqa: E402
 from benchmarks.workloads import Workload, write_tfrecord  # noqa: E402
-from tfrec.schedule.costmodel import bucket_of  # noqa: E402
+from tfrec.runtime.stage import bucket_of  # noqa: E402
 from tfrec.schedule.scheduled import CACHE_FILE  # noqa: E402
 from tfrec_tools import loadgen  # noqa: E402
 

@@ -147,10 +147,10 @@ def table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="wdl,dlrm,dcn_v2,din,dien,mmoe,user_heavy,tfrs")
+    parser.add_argument("--models", default="wdl,dlrm,dcn_v2,din,dien,mmoe,user_heavy,strings")
     parser.add_argument("--n", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--scale", default="small")
+    parser.add_argument("--scale", default="full")
     parser.add_argument("--no-readme", action="store_true")
     args = parser.parse_args(argv)
     tune_malloc()
