@@ -46,6 +46,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/stages.py
 	$(PY) benchmarks/bench.py
 	$(PY) benchmarks/lanes.py
 	$(PY) benchmarks/scheduler.py

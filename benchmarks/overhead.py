@@ -75,7 +75,7 @@ ARMS = ("in_process", "python_floor", "cxx_floor", "tfrec")
 TARGET_EXTRA_US, TARGET_RATIO = 100.0, 1.05  # zoo: max(floor + 0.1 ms, 1.05 floor)
 STRINGS_TARGET_RATIO = 0.7  # `strings` at N = 1000
 HALF_PLUS_TWO_TARGET_RATIO = 1.3
-TFREC_WARMUP = 40  # covers tfrec's per-bucket mode trial (16 runs of each mode)
+TFREC_WARMUP = 150  # past the per-bucket trials: run mode (16 runs a mode), schedule (5 traced + 2x20)
 MIN_REQUESTS = 20
 PARITY_RTOL = PARITY_ATOL = 1e-5
 

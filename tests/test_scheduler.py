@@ -23,6 +23,7 @@ from tests.conftest import COUNTER
 from tfrec.base.settings import Settings
 from tfrec.runtime.lanes import ServerLanes
 from tfrec.runtime.session_group import GroupOptions
+from tfrec.runtime.trial import Trial
 from tfrec.schedule import costmodel, planner
 from tfrec.schedule import scheduled as scheduling
 from tfrec.schedule.costmodel import Bucket, CostModel, Trace
@@ -300,8 +301,10 @@ def test_judging_keeps_only_a_faster_schedule() -> None:
     )
     for sched_s, kept in ((0.9, True), (0.99, False), (1.2, False)):
         state = scheduling._Bucket(scheduled=lambda: "scheduled")
-        state.times = ([1.0] * 20, [sched_s] * 20)
-        runner._judge(state, 128)
+        trial = Trial(20, Owner.options.min_gain)
+        trial.times[0].extend([1.0] * 20)
+        trial.times[1].extend([sched_s] * 20)
+        runner._judge(state, 128, trial)
         assert state.fn is not None and state.fn() == ("scheduled" if kept else "unscheduled")
         assert runner.decisions[128].scheduled is kept
         assert runner.decisions[128].unscheduled_ms == pytest.approx(1000.0)
