@@ -39,7 +39,7 @@ from server.flags import Settings  # noqa: E402
 from server.main import tune_malloc  # noqa: E402
 from tfrec.base import codecs  # noqa: E402
 from tfrec.base.metrics import Metrics  # noqa: E402
-from tfrec.runtime.stage import Run, bucket_of  # noqa: E402
+from tfrec.runtime.stage import Run, Stage, bucket_of  # noqa: E402
 from tfrec.serving.handlers import Handlers  # noqa: E402
 from tfrec.serving.loader import Loader  # noqa: E402
 from tfrec.serving.request import Request  # noqa: E402
@@ -65,18 +65,36 @@ def _bare_callable(servable: Servable, run: Run) -> Callable[[], object]:
     return lambda: fn(*run.args)
 
 
+class _Capture:
+    """Stands in for a version's stages for one call: keeps the Run, passes it down."""
+
+    def __init__(self, below: Stage) -> None:
+        self.below, self.run_seen = below, None
+
+    def run(self, run: Run) -> list[np.ndarray]:
+        self.run_seen = run
+        return self.below.run(run)
+
+
+def _captured_run(servable: Servable, handlers: Handlers, request: Request) -> Run:
+    stages = servable.stages
+    capture = servable.stages = _Capture(stages)  # type: ignore[assignment]
+    try:
+        handlers.predict_on(servable, request)
+    finally:
+        servable.stages = stages
+    assert capture.run_seen is not None
+    return capture.run_seen
+
+
 def breakdown(servable: Servable, handlers: Handlers, raw: bytes, requests: int) -> dict:
     """Medians (us) of each layer's time for one serialized PredictRequest."""
     parsed = predict_pb2.PredictRequest.FromString(raw)
     request = Request(parsed.model_spec, parsed.inputs, parsed.output_filter)
-    signature = servable.signatures[parsed.model_spec.signature_name or "serving_default"]
-    arrays = {a: codecs.to_ndarray(parsed.inputs[a]) for a in signature.inputs}
-    feeds = {signature.inputs[a]: v for a, v in arrays.items()}
-    fetches = list(signature.outputs.values())
-    aliases = tuple(arrays)
-    outputs_alias = tuple(signature.outputs)
-    run = Run((tuple(feeds), tuple(fetches)), list(feeds.values()), signature.name, aliases,
-              outputs_alias)  # fmt: skip
+    run = _captured_run(servable, handlers, request)  # what the handler hands the stages
+    feeds = dict(zip(run.key[0], run.args, strict=True))
+    fetches = list(run.key[1])
+    signature, aliases, outputs_alias = run.signature, run.aliases, run.outputs
     _, outputs = handlers.predict_on(servable, request)
 
     def encode() -> bytes:
@@ -88,7 +106,9 @@ def breakdown(servable: Servable, handlers: Handlers, raw: bytes, requests: int)
     arms: dict[str, Callable[[], object]] = {
         "parse": lambda: predict_pb2.PredictRequest.FromString(raw),
         "handler": lambda: handlers.predict_on(servable, request),
-        "servable": lambda: servable.run(feeds, fetches, signature.name, aliases, outputs_alias),
+        "servable": lambda: servable.run(
+            feeds, fetches, signature, aliases, outputs_alias, None, run.rows
+        ),
         "chain": lambda: servable.stages.run(run),
         "tf": _bare_callable(servable, run),
         "encode": encode,
