@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tests.conftest import HALF_PLUS_TWO, TF2
+from tfrec.base.errors import DeadlineExceeded
 from tfrec.runtime.runner import INLINE, POOLED, Runner
+from tfrec.runtime.stage import Run
 from tfrec.serving.servable import Servable, session_config
 
 
@@ -101,4 +105,15 @@ def test_concurrent_trials_decide_without_losing_a_call() -> None:
         t.join()
     assert not errors, errors[:3]
     assert all(runner.mode_of(b) in (POOLED, INLINE) for b in (1, 2, 4, 8, 16, 32, 64))
+    servable.close()
+
+
+def test_a_run_past_its_deadline_is_dropped_before_it_runs() -> None:
+    servable = load(HALF_PLUS_TWO)
+    x = np.array([[1.0]], np.float32)
+    late = Run((("x:0",), ("y:0",)), [x], deadline=time.monotonic() - 1.0)
+    with pytest.raises(DeadlineExceeded):
+        servable.stages.run(late)
+    on_time = Run((("x:0",), ("y:0",)), [x], deadline=time.monotonic() + 60.0)
+    np.testing.assert_array_equal(servable.stages.run(on_time)[0], [[2.5]])
     servable.close()

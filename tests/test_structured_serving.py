@@ -125,3 +125,20 @@ def test_dedup_can_be_switched_off(serve, model_dir: Path) -> None:
     user, items = features()
     running.predict.Predict(flat_request(user, items))
     assert dedup_count(running, "hit") == 0 and dedup_count(running, "miss") == 0
+
+
+def test_structured_and_deduped_runs_pass_the_batching_stage(serve, model_dir: Path) -> None:
+    """With --enable_batching, twin runs (user batch 1, items N) are not concatenated with
+    others: they go past the batch queue, structured or deduped, and flat misses still batch."""
+    running = serve(model_name="ranker", model_base_path=str(model_dir), enable_batching=True)
+    user, items = features(seed=2)
+    expected = scores(running.predict.Predict(structured_request("ranker", user, items)))
+    deduped = running.predict.Predict(flat_request(user, items))
+    np.testing.assert_allclose(scores(deduped), expected, rtol=1e-6)
+    assert dedup_count(running, "hit") == 1
+    request = flat_request(user, items)
+    hist = codecs.to_ndarray(request.inputs["user_hist"]).copy()
+    hist[0] = (hist[0] + 1) % 100
+    request.inputs["user_hist"].CopyFrom(tf.make_tensor_proto(hist))
+    mixed = scores(running.predict.Predict(request))  # a miss: the flat run is batched
+    np.testing.assert_allclose(mixed[1:], expected[1:], rtol=1e-6)
