@@ -7,7 +7,6 @@ logged with its traceback and becomes INTERNAL. Message size limits are INT32_MA
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +29,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
+from server.threads import LifoThreadPool
 from tfrec.base import codecs
 from tfrec.base.affinity import name_os_thread
 from tfrec.base.errors import Code, ServingError
@@ -124,11 +124,11 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
     def Classify(self, request: classification_pb2.ClassificationRequest, context: Any) -> Any:
-        spec, result = self._service.classify(_spec(request), request.input)
+        spec, result = self._service.classify(_spec(request), request.input, _deadline(context))
         return classification_pb2.ClassificationResponse(model_spec=spec, result=result)
 
     def Regress(self, request: regression_pb2.RegressionRequest, context: Any) -> Any:
-        spec, result = self._service.regress(_spec(request), request.input)
+        spec, result = self._service.regress(_spec(request), request.input, _deadline(context))
         return regression_pb2.RegressionResponse(model_spec=spec, result=result)
 
     def MultiInference(self, request: Any, context: Any) -> Any:
@@ -220,9 +220,7 @@ def build_server(
         *channel_args,
     ]
     server = grpc.server(
-        concurrent.futures.ThreadPoolExecutor(
-            max(1, max_threads), thread_name_prefix="tfrec-grpc", initializer=name_os_thread
-        ),
+        LifoThreadPool(max_threads, thread_name_prefix="tfrec-grpc", initializer=name_os_thread),
         options=options,
     )
     prediction = PredictionServicer(service, tensor_content)

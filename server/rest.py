@@ -34,6 +34,7 @@ from aiohttp import web
 
 from server import json_codec
 from server.routes import Reply, Route, handle, parse_route
+from server.threads import LifoThreadPool
 from tfrec.base.affinity import name_os_thread
 from tfrec.base.errors import Code, InvalidArgument, http_status
 from tfrec.base.metrics import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
@@ -130,7 +131,7 @@ class RestServer:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pool: LifoThreadPool | None = None
         self._runner: web.ServerRunner | None = None
         self._site: web.SockSite | None = None
         self._in_flight = 0
@@ -148,8 +149,8 @@ class RestServer:
                 raise RuntimeError("RestServer already started")
             sock = _listen(self._settings.rest_api_port)
             port = sock.getsockname()[1]
-            self._pool = concurrent.futures.ThreadPoolExecutor(
-                max(1, self._settings.rest_api_num_threads),
+            self._pool = LifoThreadPool(
+                self._settings.rest_api_num_threads,
                 thread_name_prefix="tfrec-rest",
                 initializer=name_os_thread,
             )
@@ -284,7 +285,7 @@ class RestServer:
         loop = asyncio.get_running_loop()
         job = functools.partial(handle, self._service, route, body)
         if self._timeout_s <= 0:
-            return await loop.run_in_executor(self._pool, job)
+            return await loop.run_in_executor(self._pool, job, None)
         late = Reply(Code.DEADLINE_EXCEEDED, self._late_body, route.model, route.method)
         return await _with_deadline(loop, self._pool, job, self._timeout_s, late)
 
@@ -306,18 +307,20 @@ class RestServer:
 def _with_deadline(
     loop: asyncio.AbstractEventLoop,
     pool: concurrent.futures.Executor,
-    job: Callable[[], Reply],
+    job: Callable[[float | None], Reply],
     timeout_s: float,
     late: Reply,
 ) -> asyncio.Future[Reply]:
-    """`job` on `pool`; resolves to `late` once it has run for timeout_s on a worker (time
-    queued for a free worker does not count). A timer on the loop checks the start time the
-    worker records: no extra wake-up of the loop per request."""
+    """`job(deadline)` on `pool`; resolves to `late` once it has run for timeout_s on a worker
+    (time queued for a free worker does not count), and its run is dropped if it has not
+    started by then. A timer on the loop checks the start time the worker records: no extra
+    wake-up of the loop per request."""
     started: list[float] = []
 
     def timed() -> Reply:
-        started.append(time.monotonic())
-        return job()
+        now = time.monotonic()
+        started.append(now)
+        return job(now + timeout_s)
 
     done = loop.run_in_executor(pool, timed)
     reply: asyncio.Future[Reply] = loop.create_future()

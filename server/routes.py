@@ -106,14 +106,16 @@ def parse_route(http_method: str, path: str) -> Route:
     )
 
 
-def handle(service: Service, route: Route, body: Body) -> Reply:
-    """Answers one request; `body()` gives the (decompressed) request body when needed."""
+def handle(service: Service, route: Route, body: Body, deadline: float | None = None) -> Reply:
+    """Answers one request; `body()` gives the (decompressed) request body when needed.
+    A Predict still waiting to run at `deadline` (time.monotonic()) is dropped."""
     try:
         spec = route.model_spec()
     except ServingError as err:  # TF-Serving returns before it builds the JSON error
         return Reply(err.code, b"", route.model, route.method)
     try:
-        return Reply(Code.OK, _dispatch(service, route, spec, body), route.model, route.method)
+        reply = _dispatch(service, route, spec, body, deadline)
+        return Reply(Code.OK, reply, route.model, route.method)
     except ServingError as err:
         return Reply(err.code, json_codec.error_body(err.message), route.model, route.method)
     except Exception as err:
@@ -122,11 +124,17 @@ def handle(service: Service, route: Route, body: Body) -> Reply:
         return Reply(Code.INTERNAL, json_codec.error_body(message), route.model, route.method)
 
 
-def _dispatch(service: Service, route: Route, spec: model_pb2.ModelSpec, body: Body) -> bytes:
+def _dispatch(
+    service: Service,
+    route: Route,
+    spec: model_pb2.ModelSpec,
+    body: Body,
+    deadline: float | None,
+) -> bytes:
     if route.matched and route.http_method == "POST":
         endpoint = _POST_ENDPOINTS.get(route.method)  # the suffix is compared case-sensitively
         if endpoint is not None:
-            return endpoint(service, spec, body())
+            return endpoint(service, spec, body(), deadline)
     elif route.matched and route.http_method == "GET":
         if not route.model:
             raise InvalidArgument("Missing model name in request.")
@@ -139,7 +147,9 @@ def _dispatch(service: Service, route: Route, spec: model_pb2.ModelSpec, body: B
 # ----------------------------------------------------------------------------- endpoints
 
 
-def predict(service: Service, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
+def predict(
+    service: Service, spec: model_pb2.ModelSpec, body: bytes, deadline: float | None = None
+) -> bytes:
     doc = json_codec.parse_body(body)
     spec.signature_name = json_codec.predict_signature_name(doc)
     with service.lease(spec) as servable:  # one lease: the signature's dtypes, then the run
@@ -149,19 +159,24 @@ def predict(service: Service, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
             raise InvalidArgument(f'Serving signature name: "{name}" not found in signature def')
         dtypes = {alias: info.dtype for alias, info in signature.definition.inputs.items()}
         inputs, row_format = json_codec.predict_inputs(doc, dtypes)
-        _, outputs = service.handlers.predict_on(servable, Request(spec, inputs))
+        request = Request(spec, inputs, deadline=deadline)
+        _, outputs = service.handlers.predict_on(servable, request)
     return json_codec.predict_response(outputs, row_format)
 
 
-def classify(service: Service, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
+def classify(
+    service: Service, spec: model_pb2.ModelSpec, body: bytes, deadline: float | None = None
+) -> bytes:
     spec.signature_name, data = json_codec.classify_regress_request(json_codec.parse_body(body))
-    _, result = service.classify(spec, data)
+    _, result = service.classify(spec, data, deadline)
     return json_codec.classify_response(result)
 
 
-def regress(service: Service, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
+def regress(
+    service: Service, spec: model_pb2.ModelSpec, body: bytes, deadline: float | None = None
+) -> bytes:
     spec.signature_name, data = json_codec.classify_regress_request(json_codec.parse_body(body))
-    _, result = service.regress(spec, data)
+    _, result = service.regress(spec, data, deadline)
     return json_codec.regress_response(result)
 
 
@@ -175,7 +190,8 @@ def metadata(service: Service, spec: model_pb2.ModelSpec) -> bytes:
     return json_codec.metadata_json(out_spec, signature_defs)
 
 
-_POST_ENDPOINTS: dict[str, Callable[[Service, model_pb2.ModelSpec, bytes], bytes]] = {
+Endpoint = Callable[[Service, model_pb2.ModelSpec, bytes, float | None], bytes]
+_POST_ENDPOINTS: dict[str, Endpoint] = {
     "predict": predict,
     "classify": classify,
     "regress": regress,

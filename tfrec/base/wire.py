@@ -46,6 +46,10 @@ TSTRING_BYTES = 24  # sizeof(tstring): allocated per DT_STRING element before an
 _MAX_ELEMENTS = codecs.MAX_TENSOR_BYTES // TSTRING_BYTES
 _INIT_OP_SIGNATURE = "__saved_model_init_op"
 _SCALAR_SHAPE_VERSION = 22
+# Fewer strings than this decode faster in Python than the graph's parse ops run (each op a
+# few microseconds on the executor): measured on the zoo's WDL, 2,000 strings over two inputs
+# ran 0.2 ms slower on the wire; the 50,000-string history of `strings` 1.3 ms faster.
+MIN_STRINGS = 4096
 
 
 class WireMismatch(ValueError):

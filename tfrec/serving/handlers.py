@@ -126,7 +126,11 @@ class Handlers:
                 used.append(alias)
                 value = inputs[alias]
                 try:
-                    if alias in wired and isinstance(value, TensorProto):
+                    if (
+                        alias in wired
+                        and isinstance(value, TensorProto)
+                        and len(value.string_val) >= wire.MIN_STRINGS
+                    ):
                         try:
                             arrays[alias] = wire.wire_value(value, types_pb2.DT_STRING)
                             on_wire[alias] = tuple(d.size for d in value.tensor_shape.dim)
@@ -171,34 +175,47 @@ class Handlers:
     # ------------------------------------------------------------------ Classify / Regress
 
     def classify_on(
-        self, servable: Servable, spec: ModelSpec, data: input_pb2.Input
+        self,
+        servable: Servable,
+        spec: ModelSpec,
+        data: input_pb2.Input,
+        deadline: float | None = None,
     ) -> tuple[ModelSpec, classification_pb2.ClassificationResult]:
-        signature = self._example_signature(servable, spec)
-        input_tensor, outputs = inference.classification_tensors(signature, self._method_check)
-        out_spec = response_spec(spec.name, spec.signature_name, servable.version)
-        examples = inference.serialized_examples(data)
-        self._count_examples(spec.name, len(examples))
-        start = time.perf_counter()
-        fetched = inference.run_examples(
-            servable, [input_tensor], outputs, examples, signature.name
-        )
-        self._observe(servable, "Classify", signature.name, start)
-        return out_spec, inference.classification_result(signature, len(examples), fetched)
+        return self._examples_on(servable, spec, data, inference.CLASSIFY, deadline)
 
     def regress_on(
-        self, servable: Servable, spec: ModelSpec, data: input_pb2.Input
+        self,
+        servable: Servable,
+        spec: ModelSpec,
+        data: input_pb2.Input,
+        deadline: float | None = None,
     ) -> tuple[ModelSpec, regression_pb2.RegressionResult]:
+        return self._examples_on(servable, spec, data, inference.REGRESS, deadline)
+
+    def _examples_on(
+        self,
+        servable: Servable,
+        spec: ModelSpec,
+        data: input_pb2.Input,
+        method: str,
+        deadline: float | None,
+    ) -> tuple[ModelSpec, Any]:
+        """Classify or Regress: the examples fed to the signature's input tensor, its outputs
+        turned into TF-Serving's result message."""
         signature = self._example_signature(servable, spec)
-        input_tensor, outputs = inference.regression_tensors(signature, self._method_check)
+        classify = method == inference.CLASSIFY
+        tensors = inference.classification_tensors if classify else inference.regression_tensors
+        input_tensor, outputs = tensors(signature, self._method_check)
         out_spec = response_spec(spec.name, spec.signature_name, servable.version)
         examples = inference.serialized_examples(data)
         self._count_examples(spec.name, len(examples))
         start = time.perf_counter()
         fetched = inference.run_examples(
-            servable, [input_tensor], outputs, examples, signature.name
+            servable, [input_tensor], outputs, examples, signature.name, deadline
         )
-        self._observe(servable, "Regress", signature.name, start)
-        return out_spec, inference.regression_result(signature, len(examples), fetched)
+        self._observe(servable, "Classify" if classify else "Regress", signature.name, start)
+        result = inference.classification_result if classify else inference.regression_result
+        return out_spec, result(signature, len(examples), fetched)
 
     @staticmethod
     def _example_signature(servable: Servable, spec: ModelSpec) -> Signature:

@@ -166,9 +166,10 @@ def run_examples(
     outputs: Sequence[str],
     examples: np.ndarray,
     signature: str = "",
+    deadline: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Feeds the example tensor to every input tensor, fetches each output once."""
     fetches = sorted(set(outputs))
     feeds = dict.fromkeys(sorted(set(input_tensors)), examples)
-    values = servable.run(feeds, fetches, signature)
+    values = servable.run(feeds, fetches, signature, deadline=deadline)
     return dict(zip(fetches, values, strict=True))

@@ -52,18 +52,18 @@ class Service:
             return self.handlers.predict_on(servable, request)
 
     def classify(
-        self, spec: ModelSpec | None, data: input_pb2.Input
+        self, spec: ModelSpec | None, data: input_pb2.Input, deadline: float | None = None
     ) -> tuple[ModelSpec, classification_pb2.ClassificationResult]:
         with self.lease(spec) as servable:
             assert spec is not None
-            return self.handlers.classify_on(servable, spec, data)
+            return self.handlers.classify_on(servable, spec, data, deadline)
 
     def regress(
-        self, spec: ModelSpec | None, data: input_pb2.Input
+        self, spec: ModelSpec | None, data: input_pb2.Input, deadline: float | None = None
     ) -> tuple[ModelSpec, regression_pb2.RegressionResult]:
         with self.lease(spec) as servable:
             assert spec is not None
-            return self.handlers.regress_on(servable, spec, data)
+            return self.handlers.regress_on(servable, spec, data, deadline)
 
     def multi_inference(
         self, request: inference_pb2.MultiInferenceRequest
