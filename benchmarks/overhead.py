@@ -25,7 +25,7 @@ half_plus_two at most 1.3x the Python floor (issue 2). Results go to
 `benchmarks/results/overhead-<date>.json` and the table in `benchmarks/README.md`.
 
     python benchmarks/overhead.py [--models wdl,strings] [--n 100 1000] [--scale full]
-        [--requests 1000] [--rounds 10] [--seconds-per-arm 30] [--no-readme]
+        [--requests 1000] [--rounds 40] [--seconds-per-arm 30] [--no-readme]
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ ARMS = ("in_process", "python_floor", "cxx_floor", "tfrec")
 TARGET_EXTRA_US, TARGET_RATIO = 100.0, 1.05  # zoo: max(floor + 0.1 ms, 1.05 floor)
 STRINGS_TARGET_RATIO = 0.7  # `strings` at N = 1000
 HALF_PLUS_TWO_TARGET_RATIO = 1.3
-TFREC_WARMUP = 150  # past the per-bucket trials: run mode (16 runs a mode), schedule (5 traced + 2x20)
+TFREC_WARMUP = 400  # past the per-bucket trials (run mode: 2x16; schedule: 5 traced, 2x20, a build)
 MIN_REQUESTS = 20
 PARITY_RTOL = PARITY_ATOL = 1e-5
 
@@ -86,7 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, nargs="+", default=[100, 1000], help="rows per request")
     parser.add_argument("--scale", choices=list(SCALES), default="full", help="zoo scale")
     parser.add_argument("--requests", type=int, default=1000, help="per arm and case, at most")
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=40, help="arms alternate this often")
     parser.add_argument(
         "--seconds-per-arm", type=float, default=30.0, help="fewer requests for slow cases"
     )
