@@ -30,7 +30,7 @@ FLOAT, DOUBLE, INT32, STRING = (
     types_pb2.DT_INT32,
     types_pb2.DT_STRING,
 )
-TESTDATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "testdata" / "tfserving"
+TESTDATA = pathlib.Path(__file__).resolve().parent / "testdata" / "tfserving"
 
 
 def predict(body: bytes | str, inputs: dict[str, int]) -> tuple[dict[str, np.ndarray], bool]:
