@@ -6,9 +6,7 @@ the floors' requests, and the timing loop. Plain TensorFlow and grpcio only (no 
 from __future__ import annotations
 
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +20,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from benchmarks.cxx_floor import build as cxx_build
 from benchmarks.models.session import ServingSession
 from benchmarks.report import free_port
+from benchmarks.servers import Process
 
 ROOT = Path(__file__).resolve().parents[1]
 Arrays = dict[str, np.ndarray]
@@ -38,38 +37,25 @@ def measure(call: Callable[[], object], n: int) -> list[float]:
     return out
 
 
-class Subprocess:
-    """A gRPC PredictionService in a subprocess, ready once its channel is; `stub` calls it.
-    Its output goes to a temp file (a full pipe would block it); a failed start shows its tail."""
+class Subprocess(Process):
+    """A gRPC PredictionService in a subprocess (`servers.Process`: ready once its port opens,
+    its output in a log file), with a stub over one channel."""
 
     def __init__(self, args: list[str], port: int, timeout_s: float = 300.0) -> None:
-        self.log = tempfile.NamedTemporaryFile(prefix="tfrec-overhead-", suffix=".log")  # noqa: SIM115
-        self.proc = subprocess.Popen(args, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+        try:
+            super().__init__(args, [port], timeout_s)
+        except RuntimeError as err:
+            raise SystemExit(str(err)) from None
         self.channel = grpc.insecure_channel(
-            f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", 2**31 - 1)]
+            self.address, options=[("grpc.max_receive_message_length", 2**31 - 1)]
         )
-        ready = grpc.channel_ready_future(self.channel)
-        deadline = time.monotonic() + timeout_s
-        while not ready.done():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                ready.cancel()
-                self.close()
-                raise SystemExit(f"{' '.join(args)} did not start:\n{self.log_tail()}")
-            time.sleep(0.1)
+        grpc.channel_ready_future(self.channel).result(timeout=timeout_s)
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
 
-    def log_tail(self, chars: int = 3000) -> str:
-        return Path(self.log.name).read_text(errors="replace")[-chars:]
-
     def close(self) -> None:
-        self.channel.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if hasattr(self, "channel"):
+            self.channel.close()
+        super().close()
 
 
 def tfrec_server(base: Path, model: str = "m") -> Subprocess:
