@@ -58,10 +58,6 @@ class Run:
         self.deadline = deadline  # time.monotonic() past which nobody waits for the result
         self.inline = False  # set by the lanes stage: run on the calling thread
 
-    def with_feeds(self, key: Key, args: Sequence[np.ndarray], signature: str) -> Run:
-        """The same run over other tensors (a structured twin's, a merged batch's)."""
-        return Run(key, args, signature, self.aliases, self.outputs, self.deadline)
-
     def check_deadline(self) -> None:
         """Raises DEADLINE_EXCEEDED once the client has given up: its work is dropped."""
         if self.deadline is not None and time.monotonic() > self.deadline:
