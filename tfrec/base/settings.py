@@ -116,6 +116,23 @@ class Settings:
         16, "runs one lane may hold in flight; beyond it on every lane: RESOURCE_EXHAUSTED"
     )
 
+    # Limits: a request past one is refused (RESOURCE_EXHAUSTED / HTTP 429 for load, the limit
+    # named), before anything is allocated for it.
+    max_request_bytes: int = flag(
+        1 << 30, "decoded bytes per request, all inputs (strings at their object cost); 0: none"
+    )
+    max_request_rows: int = flag(1_000_000, "rows (dim 0) per request input; 0: no limit")
+    max_structured_items: int = flag(
+        100_000, "items (N) per structured request or ELWC example list; 0: no limit"
+    )
+    rest_api_max_body_bytes: int = flag(
+        100 << 20, "REST request body bytes (after gzip inflation); 0: no limit"
+    )
+    max_queued_requests: int = flag(
+        0, "calls waiting for a gRPC or REST worker before new ones get RESOURCE_EXHAUSTED / "
+        "429; 0: 4 x the worker threads; negative: unbounded"
+    )
+
     scheduler: str = flag(
         "auto",
         "operator schedules per signature: auto (kept where measured faster), on, off",
