@@ -155,7 +155,9 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     def HandleReloadConfigRequest(
         self, request: model_management_pb2.ReloadConfigRequest, context: Any
     ) -> Any:
-        self._service.reload_config(request.config)
+        self._service.reload_config(
+            request.config, context.time_remaining(), lambda: not context.is_active()
+        )
         response = model_management_pb2.ReloadConfigResponse()
         response.status.SetInParent()
         return response

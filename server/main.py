@@ -272,6 +272,8 @@ class Server:
     def stop(self) -> None:
         """Stops accepting, finishes requests in flight, unloads every model."""
         self._stopped.set()
+        if self.manager is not None:
+            self.manager.stop_waiting()
         if self._health is not None:
             self._health.enter_graceful_shutdown()  # every status NOT_SERVING
         if self._rest is not None:

@@ -19,6 +19,7 @@ from tests.conftest import (
     wait_for,
 )
 from tests.test_grpc_api import predict_request
+from tfrec.serving import manager as manager_lib
 from tfrec.serving.manager import State
 
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
@@ -255,3 +256,44 @@ def test_config_file_is_re_read_when_polling_is_on(serve, tmp_path) -> None:
     wait_for(lambda: statuses(running, "three").get(123, (0,))[0] == AVAILABLE)
     config.write_text("this does not parse")  # logged and ignored; models keep serving
     assert served_version(running) == 124
+
+
+def test_reload_of_a_model_without_versions_ends_and_the_server_keeps_serving(
+    serve, tmp_path, monkeypatch
+) -> None:
+    """A reload adding a model whose base path holds no versions (`/etc`) used to wait
+    forever: eight of them took every gRPC worker, and the server could not stop."""
+    monkeypatch.setattr(manager_lib, "RELOAD_LOCK_WAIT_S", 1.0)
+    running = serve(model_name="default", model_base_path=str(TWO_VERSIONS), grpc_max_threads=4)
+
+    def adding(name: str) -> model_management_pb2.ReloadConfigRequest:
+        request = model_management_pb2.ReloadConfigRequest()
+        models = {"default": TWO_VERSIONS, name: tmp_path}
+        text_format.Parse(model_config_text(models), request.config)
+        return request
+
+    # The call's deadline ends the wait (the model stays configured, as in TF-Serving: it
+    # loads when a version appears).
+    with pytest.raises(grpc.RpcError) as info:
+        running.models.HandleReloadConfigRequest(adding("empty1"), timeout=1.0)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # A caller without a deadline holds one worker while it waits; later reloads give up with
+    # UNAVAILABLE instead of queueing behind it, and Predict is still served.
+    waiting = running.models.HandleReloadConfigRequest.future(adding("empty2"))
+    wait_for(lambda: "empty2" in running.manager.model_names(), what="the reload to wait")
+    others = [running.models.HandleReloadConfigRequest.future(adding("x")) for _ in range(6)]
+    for other in others:
+        assert other.exception(timeout=30).code() == grpc.StatusCode.UNAVAILABLE
+    assert not waiting.done()
+    assert served_version(running) == 124
+    # The caller gives up: the server stops waiting.
+    waiting.cancel()
+    wait_for(lambda: not running.manager._config_lock.locked(), what="the reload to end")
+    assert served_version(running) == 124
+    # And a server stop while a reload waits ends it.
+    waiting = running.models.HandleReloadConfigRequest.future(adding("empty3"))
+    wait_for(lambda: "empty3" in running.manager.model_names(), what="the reload to wait")
+    stopper = threading.Thread(target=running.server.stop)
+    stopper.start()
+    stopper.join(30)
+    assert not stopper.is_alive(), "the server did not stop while a reload waited"

@@ -38,6 +38,9 @@ from tfrec.serving.versions import State, VersionStatus, _due_to, _Model, _Versi
 
 log = logging.getLogger(__name__)
 
+# How long a reload waits for another reload (still waiting for its models) before UNAVAILABLE.
+RELOAD_LOCK_WAIT_S = 5.0
+
 
 # Loads a servable for (name, version, path); raises ServingError on failure.
 Loader = Callable[[str, int, Path], Servable]
@@ -160,9 +163,19 @@ class Manager:
         """Replaces the model list (ServerCore::ReloadConfig) and waits for new models.
 
         Validation happens before anything changes: a bad config leaves the server as it was.
-        The initial config waits for its models without limit, as TF-Serving's start-up does.
+        The initial config waits for its models without limit, as TF-Serving's start-up does;
+        a reload waits at most `timeout_s` (the caller's deadline) and stops waiting when
+        `abort()` says the caller has gone or the server stops. Reloads run one at a time: one
+        that finds another still waiting gives up after `RELOAD_LOCK_WAIT_S` with UNAVAILABLE,
+        so reloads of models that never load cannot take every worker thread.
         """
-        with self._config_lock:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        if not self._lock_config(deadline, abort, wait_s=None if initial else RELOAD_LOCK_WAIT_S):
+            raise ServingError(
+                "Another model config reload is still waiting for its models; retry later",
+                Code.UNAVAILABLE,
+            )
+        try:
             if config.WhichOneof("config") is None:
                 log.info("Taking no action for empty config.")
                 return
@@ -172,7 +185,23 @@ class Manager:
             self.poll()
             if added:
                 noun = "servable(s)" if initial else "model(s)"
-                self._await_available(added, noun, timeout_s, abort)
+                self._await_available(added, noun, deadline, abort)
+        finally:
+            self._config_lock.release()
+
+    def _lock_config(
+        self, deadline: float | None, abort: Callable[[], bool] | None, wait_s: float | None
+    ) -> bool:
+        """Takes the config lock; False if the wait ran out (deadline, `wait_s`, abort, stop)."""
+        give_up = time.monotonic() + wait_s if wait_s is not None else None
+        if deadline is not None:
+            give_up = deadline if give_up is None else min(give_up, deadline)
+        while not self._config_lock.acquire(timeout=0.2):
+            if self._stop.is_set() or (abort is not None and abort()):
+                return False
+            if give_up is not None and time.monotonic() >= give_up:
+                return False
+        return True
 
     def _check_labels(self, configs: list[config_lib.ModelConfig]) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -220,12 +249,12 @@ class Manager:
         self,
         names: list[str],
         noun: str,
-        timeout_s: float | None,
+        deadline: float | None,
         abort: Callable[[], bool] | None = None,
     ) -> None:
         """Waits like ServableStateMonitor for Latest(name): until each model's highest aspired
-        version is AVAILABLE (success) or END (failure). No version yet means keep waiting."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        version is AVAILABLE (success) or END (failure). No version yet means keep waiting,
+        until `deadline` (time.monotonic()), `abort()` or the server stopping."""
         last_log = time.monotonic()
         with self._cond:
             while True:
@@ -240,7 +269,7 @@ class Manager:
                         failed.append((name, latest))
                 if not pending:
                     break
-                if abort is not None and abort():
+                if self._stop.is_set() or (abort is not None and abort()):
                     raise ServingError("Stopped while waiting for models to load", Code.CANCELLED)
                 if deadline is not None and time.monotonic() >= deadline:
                     raise ServingError(
@@ -373,9 +402,16 @@ class Manager:
             harness.state = State.END
             self._cond.notify_all()
 
+    def stop_waiting(self) -> None:
+        """The server is stopping: polling, load retries and reloads waiting for models end
+        now (CANCELLED), before the ports' grace period runs."""
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+
     def close(self) -> None:
         """Stops polling and loading, waits for requests in flight, unloads every version."""
-        self._stop.set()
+        self.stop_waiting()
         self._load_pool.shutdown(wait=True, cancel_futures=True)
         with self._cond:
             serving = [

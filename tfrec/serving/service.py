@@ -9,7 +9,7 @@ stages. Every failure is a ServingError. Nothing here knows gRPC or HTTP.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -107,11 +107,17 @@ class Service:
                 entry.status.error_message = status.error.message
         return response
 
-    def reload_config(self, config: ModelServerConfig) -> None:
-        """HandleReloadConfigRequest: only a ModelConfigList is accepted."""
+    def reload_config(
+        self,
+        config: ModelServerConfig,
+        timeout_s: float | None = None,
+        abort: Callable[[], bool] | None = None,
+    ) -> None:
+        """HandleReloadConfigRequest: only a ModelConfigList is accepted. New models are awaited
+        until `timeout_s` (the call's deadline) or `abort()` (the caller has gone)."""
         if config.WhichOneof("config") != "model_config_list":
             raise InvalidArgument(
                 "ServerModelConfig type not supported by HandleReloadConfigRequest. Only "
                 "ModelConfigList is currently supported"
             )
-        self.manager.reload_config(config)
+        self.manager.reload_config(config, timeout_s=timeout_s, abort=abort)
