@@ -10,12 +10,14 @@ import pytest
 from google.protobuf import text_format
 from tensorflow_serving.apis import get_model_status_pb2, model_management_pb2, model_pb2
 
+from server.flags import StartupError
 from tests.conftest import (
     HALF_PLUS_THREE,
     TWO_VERSIONS,
     Running,
     copy_model,
     model_config_text,
+    start,
     wait_for,
 )
 from tests.test_grpc_api import predict_request
@@ -169,6 +171,9 @@ def test_reload_config_adds_and_removes_models(serve, tmp_path) -> None:
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+NAME_RULE = "a model name may not be empty, '.', '..', or contain '/', '\\' or control characters"
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [
@@ -195,6 +200,21 @@ def test_reload_config_adds_and_removes_models(serve, tmp_path) -> None:
             "",
             "ServerModelConfig type not supported by HandleReloadConfigRequest. Only "
             "ModelConfigList is currently supported",
+        ),
+        (
+            'model_config_list { config { name: "../escape/pwn" base_path: "/x" '
+            'model_platform: "tensorflow" } }',
+            "Invalid model name '../escape/pwn': it contains '/'; " + NAME_RULE,
+        ),
+        (
+            'model_config_list { config { name: "a\\nINFO forged" base_path: "/x" '
+            'model_platform: "tensorflow" } }',
+            "Invalid model name 'a\\nINFO forged': it contains '\\n'; " + NAME_RULE,
+        ),
+        (
+            'model_config_list { config { name: ".." base_path: "/x" '
+            'model_platform: "tensorflow" } }',
+            "Invalid model name '..': it is a path; " + NAME_RULE,
         ),
     ],
 )
@@ -297,3 +317,20 @@ def test_reload_of_a_model_without_versions_ends_and_the_server_keeps_serving(
     stopper.start()
     stopper.join(30)
     assert not stopper.is_alive(), "the server did not stop while a reload waited"
+
+
+def test_model_name_flag_that_is_a_path_stops_start_up(tmp_path) -> None:
+    with pytest.raises(StartupError, match=r"INVALID_ARGUMENT: Invalid model name '/abs'"):
+        start(model_name="/abs", model_base_path=str(TWO_VERSIONS))
+
+
+def test_schedule_cache_stays_inside_its_directory(serve, tmp_path) -> None:
+    """Names are one quoted path component under --scheduler_cache_dir."""
+    cache = tmp_path / "cache"
+    running = serve(model_name="a%b c", model_base_path=str(TWO_VERSIONS),
+                    scheduler="on", scheduler_cache_dir=str(cache))  # fmt: skip
+    for _ in range(40):
+        served_version(running, "a%b c")
+    wait_for(lambda: any(cache.rglob("tfrec_schedule.json")), what="the schedule cache")
+    [written] = list(cache.rglob("tfrec_schedule.json"))
+    assert written.relative_to(cache).parts[0] == "a%25b%20c"

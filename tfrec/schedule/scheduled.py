@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -135,7 +136,12 @@ class OpScheduler:
         """Writes the report under --scheduler_cache_dir (model/version/); None without one."""
         if not self.options.cache_dir:
             return None
-        path = Path(self.options.cache_dir) / self.model / str(self.version) / CACHE_FILE
+        # The name is quoted into one path component: it cannot leave the cache directory
+        # (config validation refuses separators too).
+        name = urllib.parse.quote(self.model, safe="")
+        if name in ("", ".", ".."):
+            name = name.replace(".", "%2E") or "%00"
+        path = Path(self.options.cache_dir) / name / str(self.version) / CACHE_FILE
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + ".tmp")

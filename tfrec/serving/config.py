@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import unicodedata
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -54,6 +55,7 @@ def validate(config: ModelServerConfig) -> list[ModelConfig]:
     seen: set[str] = set()
     models = list(config.model_config_list.config)
     for model in models:
+        check_model_name(model.name)
         if model.name in seen:
             raise InvalidArgument(
                 f"Illegal to list model {model.name} multiple times in config list"
@@ -68,6 +70,19 @@ def validate(config: ModelServerConfig) -> list[ModelConfig]:
         if platform != "tensorflow":
             raise InvalidArgument(f"Model {model.name} requests unsupported platform {platform}")
     return models
+
+
+def check_model_name(name: str) -> None:
+    """Model names become REST paths, cache directories and log lines: no path separators, no
+    control characters, not `.` or `..` (TF-Serving's REST paths cannot address such names
+    either: `/v1/models/<name>` matches `[^/:]+`)."""
+    bad = [c for c in name if c in "/\\" or unicodedata.category(c) == "Cc"]
+    if not name or bad or name in (".", ".."):
+        why = "is empty" if not name else f"contains {bad[0]!r}" if bad else "is a path"
+        raise InvalidArgument(
+            f"Invalid model name {name!r}: it {why}; a model name may not be empty, '.', '..', "
+            "or contain '/', '\\' or control characters"
+        )
 
 
 def _platform(model: ModelConfig) -> str:
