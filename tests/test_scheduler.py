@@ -280,6 +280,7 @@ def test_judging_keeps_only_a_faster_schedule() -> None:
         options = scheduling.SchedulerOptions("auto")  # MIN_GAIN: 5% faster at least
         metrics = None
         model, version = "m", 1
+        sampling = True
 
     class Baseline:
         def mode_of(self, bucket: int) -> int:

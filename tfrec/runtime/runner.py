@@ -48,7 +48,7 @@ from tensorflow.core.protobuf import config_pb2
 
 from tfrec.base.errors import from_tf_error
 from tfrec.runtime.stage import Key, Run, bucket_of, rows_of
-from tfrec.runtime.trial import Trial
+from tfrec.runtime.trial import Trial, sample_of
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ class Runner:
         self._lock = threading.Lock()
         self._label = label
         self.mode = mode
+        self.sampling = True  # calls are kept for `settle` until the version has settled
 
     def mode_of(self, bucket: int) -> int | None:
         """The mode runs of `bucket` take; None while its trial runs."""
@@ -127,9 +128,8 @@ class Runner:
                 if trial is None:
                     trial = self._trials_of[bucket] = Trial(self._trials)
                 mode = trial.next_arm()  # arm 0 is POOLED, arm 1 INLINE
-                samples = self._samples.setdefault(bucket, [])
-                if len(samples) < SAMPLES:
-                    samples.append([np.array(a, copy=True) for a in args])
+                if self.sampling:
+                    self._keep_sample(bucket, args)
             else:
                 trial = None
         if trial is None:
@@ -142,6 +142,14 @@ class Runner:
             if bucket not in self._modes and trial.record(mode, elapsed):
                 self._choose(bucket, trial)
         return result
+
+    def _keep_sample(self, bucket: int, args: Sequence[Any]) -> None:
+        samples = self._samples.setdefault(bucket, [])
+        if len(samples) < SAMPLES:
+            kept = sum(a.nbytes for calls in self._samples.values() for c in calls for a in c)
+            sample = sample_of(args, kept)
+            if sample is not None:
+                samples.append(sample)
 
     def undecided(self) -> bool:
         """Whether calls are kept for `settle`: some bucket ran and has no mode yet."""
@@ -160,7 +168,12 @@ class Runner:
                     self.unscheduled(*samples[i % len(samples)])
                 except tf.errors.OpError:
                     break
+        self.stop_sampling()
+
+    def stop_sampling(self) -> None:
+        """From now on no call is kept (after load: live requests are never copied)."""
         with self._lock:
+            self.sampling = False
             self._samples.clear()
 
     def _choose(self, bucket: int, trial: Trial) -> None:
@@ -207,6 +220,7 @@ class Runners:
         self._schedules = schedules
         self._entries: dict[Key, tuple[Runner, Callable[..., Any]]] = {}
         self._lock = threading.Lock()
+        self._sampling = True
 
     def run(self, run: Run) -> list[np.ndarray]:
         entry = self._entries.get(run.key) or self._create(run.key, run.signature)
@@ -219,6 +233,14 @@ class Runners:
         except tf.errors.OpError as err:
             raise from_tf_error(err) from None
         return [np.asarray(r) for r in results]
+
+    def stop_sampling(self) -> None:
+        """The version has settled: no Runner, present or future, keeps calls."""
+        with self._lock:
+            self._sampling = False
+            runners = [entry[0] for entry in self._entries.values()]
+        for runner in runners:
+            runner.stop_sampling()
 
     def runners(self) -> list[tuple[Key, Runner]]:
         with self._lock:
@@ -242,6 +264,8 @@ class Runners:
                                 pool=self._pool, inline=self._inline)  # fmt: skip
             except tf.errors.OpError as err:
                 raise from_tf_error(err) from None
+            if not self._sampling:
+                runner.stop_sampling()
             call: Callable[..., Any] = runner.call
             if self._schedules is not None:
                 call = self._schedules.runner(runner, key, signature or ",".join(key[1]),

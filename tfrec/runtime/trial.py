@@ -13,6 +13,22 @@ Not thread-safe by itself: its owner calls it under the lock that guards the buc
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
+
+import numpy as np
+
+# A call is kept as a sample for `settle` only at load (warmup), and only up to this size: live
+# requests are never copied (a rare bucket that never decides would hold them for good).
+SAMPLE_BYTES = 64 << 20
+
+
+def sample_of(args: Sequence[np.ndarray], kept_bytes: int) -> list[np.ndarray] | None:
+    """A copy of a call's feeds to keep, or None when it would take the kept samples of one
+    runner past SAMPLE_BYTES."""
+    size = sum(np.asarray(a).nbytes for a in args)
+    if kept_bytes + size > SAMPLE_BYTES:
+        return None
+    return [np.array(a, copy=True) for a in args]
 
 
 class Trial:

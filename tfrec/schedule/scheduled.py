@@ -85,6 +85,7 @@ class OpScheduler:
         self._shared: dict[Key, _Shared] = {}
         self._copies: dict[tuple, tuple[list[str], list[str]]] = {}
         self._runners: list[ScheduledRunner] = []
+        self.sampling = True  # until `settle`: warmup calls are kept for it, live ones never
         self._lock = threading.Lock()  # builds and graph imports, one at a time
         self._threads: list[threading.Thread] = []
         self._closed = False
@@ -105,7 +106,9 @@ class OpScheduler:
         return runner
 
     def settle(self) -> None:
-        """Replays the kept samples of every undecided bucket until it decides (at load)."""
+        """Replays the kept samples of every undecided bucket until it decides (at load);
+        from then on no call is kept."""
+        self.sampling = False
         for runner in list(self._runners):
             runner.settle()
 

@@ -15,7 +15,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
 
 from tfrec.runtime.stage import Key, bucket_of, rows_of
-from tfrec.runtime.trial import Trial
+from tfrec.runtime.trial import Trial, sample_of
 from tfrec.schedule.costmodel import Trace
 from tfrec.schedule.decisions import SAMPLES, SETTLE_CALLS, Build, Decision, _Shared
 
@@ -58,6 +58,7 @@ class ScheduledRunner:
         self._buckets: dict[int, _Bucket] = {}
         self._lock = threading.Lock()
         self._settling = False
+        self.sampling = owner.sampling  # calls are kept for `settle` until the load settles
         self.decisions: dict[int, Decision] = {}
 
     def __call__(self, *args: np.ndarray) -> Any:
@@ -73,8 +74,11 @@ class ScheduledRunner:
     def _undecided(self, args: Sequence[np.ndarray], bucket: int) -> Any:
         with self._lock:
             state = self._buckets.setdefault(bucket, _Bucket())
-            if len(state.samples) < SAMPLES and not self._settling:
-                state.samples.append([np.array(a, copy=True) for a in args])
+            if self.sampling and len(state.samples) < SAMPLES and not self._settling:
+                kept = sum(a.nbytes for b in self._buckets.values() for c in b.samples for a in c)
+                sample = sample_of(args, kept)
+                if sample is not None:
+                    state.samples.append(sample)
             action = self._next(state, bucket)
         if action == "trace":
             return self._traced(state, bucket, args)
@@ -249,3 +253,11 @@ class ScheduledRunner:
                             self._decide(state, bucket, False, f"a sample failed: {err.message}")
         finally:
             self._settling = False
+            self.stop_sampling()
+
+    def stop_sampling(self) -> None:
+        """After load: live calls are never kept (their buckets decide on live calls)."""
+        with self._lock:
+            self.sampling = False
+            for state in self._buckets.values():
+                state.samples = []

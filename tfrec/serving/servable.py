@@ -208,6 +208,8 @@ class Servable:
         for key, runner in self.runners.runners() if self.runners is not None else []:
             if runner.undecided():
                 runner.settle(replay=not self.writers(key[1]))  # replays change state
+        if self.runners is not None:
+            self.runners.stop_sampling()  # live requests are never kept
         if self.scheduler is None:
             return
         started = time.monotonic()
