@@ -27,6 +27,15 @@ from tfrec.serving.servable import session_config
 
 log = logging.getLogger("tfrec")
 
+# Per-request limits: `tfrec.serving.request.Limits.of(settings)` for Handlers; the REST body
+# limit is read by `server.rest`.
+_LIMITS = (
+    "max_request_bytes",
+    "max_request_rows",
+    "max_structured_items",
+    "rest_api_max_body_bytes",
+)
+
 
 def load_options(settings: flags.Settings, metrics: Metrics) -> LoadOptions:
     """Every version's LoadOptions; StartupError for a bad batching parameters file."""
@@ -74,6 +83,9 @@ def validate(settings: flags.Settings) -> None:
     if settings.scheduler not in ("auto", "on", "off"):
         raise invalid(f"--scheduler must be auto, on or off, got {settings.scheduler}")
     _validate_lanes(settings)
+    for limit in _LIMITS:
+        if getattr(settings, limit) < 0:
+            raise invalid(f"--{limit} must be >= 0 (0: no limit), got {getattr(settings, limit)}")
     if (
         settings.tensorflow_session_parallelism > 0
         and settings.tensorflow_intra_op_parallelism > 0

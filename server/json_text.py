@@ -1,10 +1,12 @@
 """JSON text with the rules TF-Serving's REST API inherits from rapidjson and absl.
 
 - `parse_json` is rapidjson itself (python-rapidjson) with TF-Serving's parse flags emulated:
-  bare `NaN`/`Infinity` accepted, trailing garbage after the root ignored, rapidjson's error
-  texts and byte offsets, and numbers read by rapidjson's own algorithm, so every double equals
-  the one TF-Serving reads. An object that repeats a key becomes a `RepeatedKeys`: lookups see
-  the first value (rapidjson's FindMember), `members` sees every member (rapidjson's loops).
+  bare `NaN`/`Infinity` accepted, rapidjson's error texts and byte offsets, and numbers read by
+  rapidjson's own algorithm, so every double equals the one TF-Serving reads. Unlike
+  TF-Serving (kParseStopWhenDoneFlag), anything but whitespace after the root is refused with
+  rapidjson's kParseErrorDocumentRootNotSingular: a body is one document. An object that
+  repeats a key becomes a `RepeatedKeys`: lookups see the first value (rapidjson's
+  FindMember), `members` sees every member (rapidjson's loops).
 - `debug_string` is the truncated pretty print that TF-Serving embeds in its error messages.
 - `b64decode` reads `{"b64": ...}` values as absl::Base64Unescape does.
 """
@@ -47,8 +49,8 @@ class _Decoder(rapidjson.Decoder):
 
 
 def parse_json(body: bytes) -> Any:
-    """Parses like TF-Serving's ParseJson (kParseNanAndInfFlag | kParseStopWhenDoneFlag over
-    rapidjson's UTF-8 MemoryStream, which skips a leading byte-order mark)."""
+    """Parses like TF-Serving's ParseJson (kParseNanAndInfFlag over rapidjson's UTF-8
+    MemoryStream, which skips a leading byte-order mark), without kParseStopWhenDoneFlag."""
     if not body:
         raise InvalidArgument("JSON Parse error: The document is empty")
     start = _bom_length(body)
@@ -76,14 +78,17 @@ def _bom_length(body: bytes) -> int:
 
 
 def _parse_document(text: bytes) -> Any:
-    decode = _Decoder(number_mode=rapidjson.NM_NATIVE | rapidjson.NM_NAN)
-    try:
-        return decode(text)
-    except rapidjson.JSONDecodeError as err:
-        offset, message = _parse_error(err)
-        if message != _ROOT_NOT_SINGULAR:
-            raise
-        return decode(text[:offset])  # stop when done: ignore what follows the root
+    value = _Decoder(number_mode=rapidjson.NM_NATIVE | rapidjson.NM_NAN)(text)
+    # python-rapidjson reads a C string: a NUL byte ends the document (rapidjson's
+    # MemoryStream reads it as the end too). A NUL cannot be inside a valid document, so
+    # whatever follows the first one, NULs and whitespace aside, is content after the root.
+    if b"\x00" in text:
+        end = text.index(b"\x00")
+        rest = text[end:].lstrip(b"\x00 \t\n\r")
+        if rest:
+            offset = len(text) - len(rest)
+            raise rapidjson.JSONDecodeError(f"Parse error at offset {offset}: {_ROOT_NOT_SINGULAR}")
+    return value
 
 
 def _parse_error(err: Exception) -> tuple[int, str]:

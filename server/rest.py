@@ -3,7 +3,10 @@
 HTTP as TF-Serving's libevent server speaks it, with `server.routes` doing the API itself:
 - a target matching `(?i)/v1/.*` goes to the API (query string included); the Prometheus path,
   when enabled, answers any method; anything else gets libevent's 404 HTML page;
-- request bodies whose Content-Encoding contains `gzip` are inflated (at most 100 MB);
+- a request body, as received and after gzip inflation (when its Content-Encoding contains
+  `gzip`), may hold at most `--rest_api_max_body_bytes`: past it the reply is 413 (refused
+  before the body is read when Content-Length says so) and the connection is closed;
+- a client that disconnects before its request is read is logged in one INFO line;
 - `OPTIONS` is a CORS preflight (200 if Origin names an http(s) origin, else 400, empty body);
   with `--rest_api_enable_cors_support` every API reply carries the three CORS headers;
 - every API request is counted in the request metrics, successful ones timed.
@@ -31,9 +34,10 @@ import zlib
 from collections.abc import Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from server import json_codec
-from server.routes import Reply, Route, handle, parse_route
+from server.routes import Reply, Route, TooLarge, handle, parse_route
 from server.threads import LifoThreadPool
 from tfrec.base.affinity import name_os_thread
 from tfrec.base.errors import Code, InvalidArgument, http_status
@@ -45,7 +49,7 @@ from tfrec.serving.service import Service
 log = logging.getLogger(__name__)
 
 API_TARGET = re.compile(r"/v1/.*", re.IGNORECASE | re.ASCII)
-MAX_INFLATED_BYTES = 100 << 20  # net_http's ZLib::kMaxUncompressedBytes
+MAX_INFLATED_BYTES = 100 << 20  # net_http's ZLib::kMaxUncompressedBytes (the flag's default)
 JSON_HEADERS = {"Content-Type": "application/json"}
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
@@ -65,18 +69,22 @@ READ_BUFSIZE = 1 << 20
 _CLOSE_TIMEOUT_S = 1.0
 
 
-def inflate(data: bytes) -> bytes:
-    """A gzip body, decompressed; InvalidArgument if corrupt or larger than 100 MB inflated."""
+def too_large(limit: int, what: str = "") -> TooLarge:
+    return TooLarge(
+        f"The request body{what} is larger than --rest_api_max_body_bytes={limit} bytes"
+    )
+
+
+def inflate(data: bytes, limit: int = MAX_INFLATED_BYTES) -> bytes:
+    """A gzip body, decompressed; InvalidArgument if corrupt, TooLarge (413) if it inflates
+    to more than `limit` bytes (0: no limit)."""
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
     try:
-        out = inflater.decompress(data, MAX_INFLATED_BYTES + 1)
+        out = inflater.decompress(data, limit + 1 if limit else 0)
     except zlib.error as err:
         raise InvalidArgument(f"Failed to decompress the gzip request body: {err}") from None
-    if len(out) > MAX_INFLATED_BYTES:
-        raise InvalidArgument(
-            f"The gzip request body inflates to more than {MAX_INFLATED_BYTES} bytes, "
-            "the limit for compressed requests"
-        )
+    if limit and len(out) > limit:
+        raise too_large(limit, " inflated")
     if not inflater.eof:
         raise InvalidArgument("Failed to decompress the gzip request body: it is truncated")
     return out
@@ -118,6 +126,7 @@ class RestServer:
         self._settings = settings
         self._prometheus_path = prometheus_path
         self._timeout_s = settings.rest_api_timeout_in_ms / 1e3
+        self._max_body = max(settings.rest_api_max_body_bytes, 0)
         ms = settings.rest_api_timeout_in_ms
         self._late_body = json_codec.error_body(
             f"Deadline exceeded: the request did not complete within {ms} ms "
@@ -234,6 +243,11 @@ class RestServer:
         self._idle.clear()
         try:
             return await self._respond(request)
+        except (ConnectionError, HttpProcessingError) as err:  # the client went away
+            log.info("REST %s %s: client disconnected (%s)", request.method, request.path, err)
+            response = web.Response(status=400)
+            response.force_close()
+            return response  # aiohttp drops it quietly: the transport is gone
         finally:
             self._in_flight -= 1
             if not self._in_flight:
@@ -257,24 +271,48 @@ class RestServer:
             headers = self._preflight_headers
         else:
             route = parse_route(request.method, target)
-            raw = await self._body(request)
-            gzipped = "gzip" in request.headers.get("Content-Encoding", "")
-            body = functools.partial(inflate, raw) if gzipped else (lambda: raw)
-            reply = await self._run(route, body)
             headers = self._api_headers
+            try:
+                raw = await self._body(request)
+            except TooLarge as err:
+                reply = Reply(err.code, json_codec.error_body(err.message), route.model,
+                              route.method, TooLarge.HTTP_STATUS)  # fmt: skip
+                elapsed = time.perf_counter() - start
+                self._metrics.observe_request(reply.model, reply.api, "REST", reply.code, elapsed)
+                response = web.Response(status=reply.http, body=reply.body, headers=headers)
+                response.force_close()  # the rest of the body is not read
+                return response
+            gzipped = "gzip" in request.headers.get("Content-Encoding", "")
+            body = functools.partial(inflate, raw, self._max_body) if gzipped else (lambda: raw)
+            reply = await self._run(route, body)
         elapsed = time.perf_counter() - start
         self._metrics.observe_request(reply.model, reply.api, "REST", reply.code, elapsed)
-        return web.Response(status=http_status(reply.code), body=reply.body, headers=headers)
+        status = reply.http or http_status(reply.code)
+        return web.Response(status=status, body=reply.body, headers=headers)
 
     async def _body(self, request: web.BaseRequest) -> bytes:
-        """The raw body of a POST (other methods' bodies are never read)."""
+        """The raw body of a POST (other methods' bodies are never read); TooLarge past
+        --rest_api_max_body_bytes, before reading any of it when Content-Length says so."""
         if request.method != "POST":
             return b""
+        limit = self._max_body
+        length = request.content_length
+        if limit and length is not None and length > limit:
+            raise too_large(limit, f" of {length} bytes")
         if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == (
             "100-continue"
         ):
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        return await request.content.read()
+        if not limit or length is not None:
+            return await request.content.read()
+        chunks = []  # chunked: counted as it arrives
+        size = 0
+        while chunk := await request.content.readany():
+            size += len(chunk)
+            if size > limit:
+                raise too_large(limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def _run(self, route: Route, body: Callable[[], bytes]) -> Reply:
         """routes.handle on a worker, bounded by --rest_api_timeout_in_ms once it starts.

@@ -20,7 +20,7 @@ from urllib.parse import unquote_to_bytes
 from tensorflow_serving.apis import model_pb2
 
 from server import json_codec
-from tfrec.base.errors import Code, InvalidArgument, ServingError
+from tfrec.base.errors import Code, InvalidArgument, ResourceExhausted, ServingError
 from tfrec.serving.request import Request
 from tfrec.serving.service import Service
 from tfrec.serving.signature import DEFAULT_SIGNATURE
@@ -67,13 +67,20 @@ class Route:
 
 @dataclasses.dataclass(frozen=True)
 class Reply:
-    """What a REST request answers: its code (HTTP status via http_status), body, and the
-    model and API it is counted under in the request metrics."""
+    """What a REST request answers: its code (HTTP status via http_status unless `http` says
+    otherwise), body, and the model and API it is counted under in the request metrics."""
 
     code: Code
     body: bytes
     model: str = ""
     api: str = ""
+    http: int = 0
+
+
+class TooLarge(ResourceExhausted):
+    """A request body past --rest_api_max_body_bytes: HTTP 413, not RESOURCE_EXHAUSTED's 429."""
+
+    HTTP_STATUS = 413
 
 
 def _unescape(text: str) -> str:
@@ -117,7 +124,8 @@ def handle(service: Service, route: Route, body: Body, deadline: float | None = 
         reply = _dispatch(service, route, spec, body, deadline)
         return Reply(Code.OK, reply, route.model, route.method)
     except ServingError as err:
-        return Reply(err.code, json_codec.error_body(err.message), route.model, route.method)
+        http = TooLarge.HTTP_STATUS if isinstance(err, TooLarge) else 0
+        return Reply(err.code, json_codec.error_body(err.message), route.model, route.method, http)
     except Exception as err:
         log.exception("REST %s %s failed", route.http_method, route.path)
         message = f"{type(err).__name__}: {err}"

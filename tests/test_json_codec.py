@@ -101,8 +101,17 @@ def test_parse_errors(body: str | bytes, message: str) -> None:
     assert err.message == message
 
 
-def test_trailing_garbage_after_the_document_is_ignored() -> None:
-    tensors, row = predict('{"instances": [[1,2],[3,4],[5,6]]}X{', {"default": INT32})
+def test_trailing_garbage_after_the_document_is_refused() -> None:
+    # TF-Serving stops when done (kParseStopWhenDoneFlag); tfrec refuses (issue 16).
+    body = '{"instances": [[1,2],[3,4],[5,6]]}X{'
+    err = predict_error(body, {"default": INT32})
+    assert err.code == Code.INVALID_ARGUMENT
+    assert err.message == (
+        "JSON Parse error: The document root must not be followed by other values. at offset: 34"
+    )
+    err = predict_error(b'{"instances": [1]}\x00 {', {"default": INT32})
+    assert err.message.endswith("followed by other values. at offset: 20")
+    tensors, row = predict('{"instances": [[1,2],[3,4],[5,6]]} \r\n\t', {"default": INT32})
     assert row
     np.testing.assert_array_equal(tensors["default"], [[1, 2], [3, 4], [5, 6]])
 

@@ -771,9 +771,8 @@ def test_gzip_bodies(default: Served) -> None:
     response = http.post("/v1/models/default:predict", bomb, headers={"Content-Encoding": "gzip"})
     expect_error(
         response,
-        400,
-        "The gzip request body inflates to more than 104857600 bytes, the limit for "
-        "compressed requests",
+        413,
+        "The request body inflated is larger than --rest_api_max_body_bytes=104857600 bytes",
     )
 
 

@@ -6,14 +6,19 @@ Pure functions over one dtype table. Hot paths avoid per-element Python work:
 - encoding float/double/complex/bool typed fields writes the packed wire bytes and lets upb
   parse them (a memcpy), instead of `RepeatedField.extend`, which is 70x slower.
 
-Decoding never trusts the proto: shapes are validated and the decoded size is bounded by
-`MAX_TENSOR_BYTES`, so a malicious request cannot make the server allocate without limit.
-Every failure raises `TensorParseError`; the caller names the input alias.
+Decoding never trusts the proto. `plan` reads what a decode would allocate from the header
+alone (O(rank), no element touched): padding included, strings at their object cost; a caller
+with limits checks it before `decode` allocates anything. Whatever the limits, a decoded tensor
+is bounded by `MAX_TENSOR_BYTES`. Every failure raises `TensorParseError` (`UnsupportedShape`
+for shapes TensorFlow accepts but numpy cannot hold); the caller names the input alias.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import sys
+from typing import NamedTuple
 
 import numpy as np
 from ml_dtypes import bfloat16
@@ -23,10 +28,22 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 MAX_TENSOR_BYTES = 2**31 - 1
 # TensorFlow's TensorShape limit (kMaxRank = 254).
 MAX_RANK = 254
+# numpy's: at most 64 dimensions, and the product of the nonzero dimensions times the item
+# size within intp, even when another dimension is 0 (TensorFlow accepts [0, 2**62, 2**62]).
+NUMPY_MAX_RANK = 64
+_NUMPY_MAX_BYTES = int(np.iinfo(np.intp).max)
+# A decoded string costs its slot in the object array plus, per distinct `bytes` object, its
+# characters and CPython's bytes header (sys.getsizeof(b"") == 33).
+POINTER_BYTES = np.dtype(object).itemsize
+BYTES_OVERHEAD = sys.getsizeof(b"")
 
 
 class TensorParseError(ValueError):
     """The TensorProto cannot be turned into a tensor (TF-Serving: `tensor parsing error`)."""
+
+
+class UnsupportedShape(TensorParseError):
+    """A shape TensorFlow accepts that numpy cannot hold; the message says why."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,20 +114,51 @@ def _shape_of(proto: tensor_shape_pb2.TensorShapeProto) -> tuple[int, ...]:
     dims = tuple(d.size for d in proto.dim)
     if len(dims) > MAX_RANK:
         raise TensorParseError(f"tensor rank {len(dims)} exceeds {MAX_RANK}")
-    for size in dims:
-        if size < 0:
-            raise TensorParseError(f"tensor shape has a negative dimension {size}")
+    if dims and min(dims) < 0:
+        raise TensorParseError(f"tensor shape has a negative dimension {min(dims)}")
+    if len(dims) > NUMPY_MAX_RANK:
+        raise UnsupportedShape(
+            f"has {len(dims)} dimensions; at most {NUMPY_MAX_RANK} are supported"
+        )
     return dims
 
 
-def _num_elements(shape: tuple[int, ...], itemsize: int) -> int:
-    n = 1
-    limit = MAX_TENSOR_BYTES // max(itemsize, 1)
-    for size in shape:
-        n *= size
-        if n > limit:
-            raise TensorParseError(f"shape {list(shape)} exceeds {MAX_TENSOR_BYTES} bytes")
-    return n
+class Plan(NamedTuple):
+    """What decoding a TensorProto gives, read from its header: dtype, shape, element count,
+    and the bytes the decode allocates (padding included; strings at their object cost)."""
+
+    dtype: DType
+    shape: tuple[int, ...]
+    size: int
+    nbytes: int
+
+
+def plan(proto: tensor_pb2.TensorProto) -> Plan:
+    """The Plan of a decode, in O(rank) without touching an element; TensorParseError if the
+    dtype or shape is invalid, UnsupportedShape if numpy cannot hold the shape."""
+    dtype = dtype_of_enum(proto.dtype) if proto.dtype < _REF_OFFSET else None
+    if dtype is None:
+        raise TensorParseError(f"unsupported dtype {proto.dtype}")
+    shape = _shape_of(proto.tensor_shape)
+    n = math.prod(shape)
+    itemsize = dtype.numpy.itemsize
+    if not n and shape and math.prod(d for d in shape if d) > _NUMPY_MAX_BYTES // itemsize:
+        raise UnsupportedShape(f"has shape {list(shape)}, which numpy cannot hold")
+    content = proto.tensor_content
+    if dtype.is_string:
+        # tensor_content: n new objects; typed: the values kept (padding repeats the last).
+        objects = n if content else min(len(getattr(proto, dtype.field)), n)
+        nbytes = n * POINTER_BYTES + objects * BYTES_OVERHEAD + len(content)
+    elif content:
+        nbytes = n * itemsize
+        if len(content) != nbytes:
+            raise TensorParseError(
+                f"tensor_content has {len(content)} bytes, shape {list(shape)} needs {nbytes}"
+            )
+    else:  # every typed value is read, extra ones too; complex values come in pairs
+        values = len(getattr(proto, dtype.field))
+        nbytes = max(n, values // 2 if dtype.numpy.kind == "c" else values) * itemsize
+    return Plan(dtype, shape, n, nbytes)
 
 
 def _decode_string_list(content: bytes, n: int) -> np.ndarray:
@@ -138,11 +186,12 @@ def _decode_string_list(content: bytes, n: int) -> np.ndarray:
     return out
 
 
-def _typed_values(proto: tensor_pb2.TensorProto, dtype: DType) -> np.ndarray:
+def _typed_values(proto: tensor_pb2.TensorProto, dtype: DType, n: int) -> np.ndarray:
     values = getattr(proto, dtype.field)
-    if dtype.is_string:
-        out = np.empty(len(values), dtype=object)
-        out[:] = list(values)
+    if dtype.is_string:  # no object for a value past the n used
+        items = values[:n] if len(values) > n else list(values)
+        out = np.empty(len(items), dtype=object)
+        out[:] = items
         return out
     if dtype.field == "half_val":
         return np.array(values, dtype=np.uint16).view(dtype.numpy)
@@ -153,27 +202,26 @@ def _typed_values(proto: tensor_pb2.TensorProto, dtype: DType) -> np.ndarray:
 
 
 def to_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
-    """Decodes a TensorProto as `Tensor::FromProto` does, or raises TensorParseError.
+    """Decodes a TensorProto as `Tensor::FromProto` does, or raises TensorParseError."""
+    return decode(proto, plan(proto))
+
+
+def decode(proto: tensor_pb2.TensorProto, planned: Plan) -> np.ndarray:
+    """Decodes `proto` by its `plan(proto)` (which checked a numeric tensor_content's size),
+    or raises TensorParseError.
 
     Typed-field lists shorter than the shape are padded with their last value (zeros when
     empty); extra values are ignored. `tensor_content` must match the shape exactly.
     """
-    dtype = dtype_of_enum(proto.dtype) if proto.dtype < _REF_OFFSET else None
-    if dtype is None:
-        raise TensorParseError(f"unsupported dtype {proto.dtype}")
-    shape = _shape_of(proto.tensor_shape)
-    itemsize = dtype.numpy.itemsize if not dtype.is_string else 1
-    n = _num_elements(shape, itemsize)
+    dtype, shape, n, nbytes = planned
+    if nbytes > MAX_TENSOR_BYTES:
+        raise TensorParseError(f"shape {list(shape)} decodes to more than {MAX_TENSOR_BYTES} bytes")
     content = proto.tensor_content
     if content:
         if dtype.is_string:
             return _decode_string_list(content, n).reshape(shape)
-        if len(content) != n * itemsize:
-            raise TensorParseError(
-                f"tensor_content has {len(content)} bytes, shape {list(shape)} needs {n * itemsize}"
-            )
         return np.frombuffer(content, dtype=dtype.numpy.newbyteorder("<")).reshape(shape)
-    values = _typed_values(proto, dtype)
+    values = _typed_values(proto, dtype, n)
     if len(values) == n:
         return values.reshape(shape)
     if len(values) > n:

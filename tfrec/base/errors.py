@@ -108,10 +108,25 @@ class DeadlineExceeded(ServingError):
     code = Code.DEADLINE_EXCEEDED
 
 
+def _text(message: object) -> str:
+    """An error text as str; bytes (a C++ status message) decoded, invalid UTF-8 replaced."""
+    if isinstance(message, bytes | bytearray):
+        return bytes(message).decode("utf-8", "replace")
+    return str(message)
+
+
 def from_tf_error(err: Exception) -> ServingError:
-    """Converts a `tf.errors.OpError` from a session run into a ServingError, same code."""
+    """Converts a failed session run into a ServingError.
+
+    A `tf.errors.OpError` keeps its code. A `UnicodeDecodeError` is what TensorFlow's Python
+    binding raises instead when the status message is not UTF-8 (a kernel quoting a client's
+    binary string, as ParseExample does): its code is lost with it, and such a message quotes
+    the request, so it becomes INVALID_ARGUMENT with the message decoded leniently.
+    """
+    if isinstance(err, UnicodeDecodeError):
+        return InvalidArgument(_text(err.object))
     code = getattr(err, "error_code", None)
-    message = getattr(err, "message", None) or str(err)
+    message = _text(getattr(err, "message", None) or err)
     try:
         return ServingError(message, Code(int(code))) if code is not None else Internal(message)
     except ValueError:

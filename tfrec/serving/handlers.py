@@ -19,10 +19,16 @@ from tensorflow_serving.apis import classification_pb2, inference_pb2, input_pb2
 from tensorflow_serving.apis.model_pb2 import ModelSpec
 
 from tfrec.base import codecs, wire
-from tfrec.base.errors import FailedPrecondition, Internal, InvalidArgument, Unimplemented
+from tfrec.base.errors import (
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    Unimplemented,
+    from_tf_error,
+)
 from tfrec.base.metrics import Metrics
 from tfrec.serving import inference, structured
-from tfrec.serving.request import Request
+from tfrec.serving.request import Budget, Limits, Request, array_nbytes
 from tfrec.serving.servable import Servable
 from tfrec.serving.signature import DEFAULT_SIGNATURE, Signature
 
@@ -42,9 +48,16 @@ def _sorted_set(keys: Any) -> str:
 class Handlers:
     """Predict, Classify, Regress and MultiInference on a given version; thread-safe."""
 
-    def __init__(self, *, method_check: bool = False, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        method_check: bool = False,
+        metrics: Metrics | None = None,
+        limits: Limits | None = None,
+    ) -> None:
         self._method_check = method_check
         self._metrics = metrics
+        self._limits = limits or Limits()
 
     def _observe(self, servable: Servable, api: str, signature: str, start: float) -> None:
         """Runtime latency (TF-Serving's runtime_latency) and tfrec's per-signature latency."""
@@ -75,9 +88,9 @@ class Handlers:
         out_spec = response_spec(spec.name, name, servable.version)
         self._check_predict_method(signature)
         wired = servable.wire_inputs.get(name, {})
-        arrays, on_wire = self._inputs(signature, request.inputs, wired)
-        aliases, fetches = self._fetches(signature, request.output_filter)
         twin = servable.structured.get(name)
+        arrays, on_wire = self._inputs(signature, request.inputs, wired, twin)
+        aliases, fetches = self._fetches(signature, request.output_filter)
         if twin is not None:
             structured.check_request(twin, arrays)
         feeds = {
@@ -89,8 +102,11 @@ class Handlers:
             dims = [on_wire[a] if a in on_wire else arrays[a].shape[:1] for a in arrays]
             rows = max((d[0] for d in dims if d), default=1) or 1
         start = time.perf_counter()
-        values = servable.run(feeds, fetches, name, tuple(arrays), tuple(aliases),
-                              request.deadline, rows)  # fmt: skip
+        try:
+            values = servable.run(feeds, fetches, name, tuple(arrays), tuple(aliases),
+                                  request.deadline, rows)  # fmt: skip
+        except UnicodeDecodeError as err:  # TensorFlow's message quotes the client's bytes
+            raise from_tf_error(err) from None
         self._observe(servable, "Predict", name, start)
         return out_spec, dict(zip(aliases, values, strict=True))
 
@@ -103,13 +119,17 @@ class Handlers:
                 + f"}}. Was: {signature.method_name}"
             )
 
-    @staticmethod
     def _inputs(
-        signature: Signature, inputs: Mapping[str, Any], wired: Mapping[str, str]
+        self,
+        signature: Signature,
+        inputs: Mapping[str, Any],
+        wired: Mapping[str, str],
+        twin: structured.Twin | None = None,
     ) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, ...]]]:
         """The request's arrays by alias (defaults filled in), checked as TF-Serving checks,
         and the shapes of those fed on the wire (`wired` aliases sent as TensorProtos that
-        `wire.wire_value` takes: their array is the serialized proto)."""
+        `wire.wire_value` takes: their array is the serialized proto). Each input is admitted
+        against the limits (rows, items of `twin`, decoded bytes) before it is decoded."""
         expected = signature.inputs
         if len(inputs) > len(expected) or (len(inputs) < len(expected) and not signature.defaults):
             raise InvalidArgument(
@@ -118,6 +138,7 @@ class Handlers:
                 f"Sent extra: {{{_sorted_set(set(inputs) - set(expected))}}}. "
                 f"Missing but required: {{{_sorted_set(set(expected) - set(inputs))}}}."
             )
+        plans = self._admit(expected, inputs, twin)
         arrays: dict[str, np.ndarray] = {}
         on_wire: dict[str, tuple[int, ...]] = {}
         used = []
@@ -125,19 +146,19 @@ class Handlers:
             if alias in inputs:
                 used.append(alias)
                 value = inputs[alias]
+                planned = plans.get(alias)
+                if planned is None:
+                    arrays[alias] = np.asarray(value)
+                    continue
                 try:
-                    if (
-                        alias in wired
-                        and isinstance(value, TensorProto)
-                        and len(value.string_val) >= wire.MIN_STRINGS
-                    ):
+                    if alias in wired and len(value.string_val) >= wire.MIN_STRINGS:
                         try:
                             arrays[alias] = wire.wire_value(value, types_pb2.DT_STRING)
-                            on_wire[alias] = tuple(d.size for d in value.tensor_shape.dim)
+                            on_wire[alias] = planned.shape
                             continue
                         except wire.WireMismatch:
                             pass  # decoded below, which words any error
-                    arrays[alias] = Request.decode(value)
+                    arrays[alias] = codecs.decode(value, planned)
                 except codecs.TensorParseError:
                     raise InvalidArgument(f"tensor parsing error: {alias}") from None
             elif alias in signature.defaults:
@@ -155,6 +176,32 @@ class Handlers:
                 f"request input: {_sorted_set(inputs)}"
             )
         return arrays, on_wire
+
+    def _admit(
+        self, expected: Mapping[str, str], inputs: Mapping[str, Any], twin: structured.Twin | None
+    ) -> dict[str, codecs.Plan]:
+        """Admits every input against the limits before any is decoded: the Plans of the
+        TensorProtos by alias (arrays, decoded already by their transport, are measured)."""
+        budget = Budget(self._limits)
+        items = twin.item_inputs if twin is not None else ()
+        plans = {}
+        for alias in expected:
+            value = inputs.get(alias)
+            if value is None:
+                continue
+            of = twin.name if twin is not None and alias in items else None
+            if isinstance(value, TensorProto):
+                try:
+                    plans[alias] = planned = codecs.plan(value)
+                except codecs.UnsupportedShape as err:
+                    raise InvalidArgument(f"Input '{alias}' {err}") from None
+                except codecs.TensorParseError:
+                    raise InvalidArgument(f"tensor parsing error: {alias}") from None
+                budget.admit(alias, planned.shape, planned.nbytes, of)
+            else:
+                array = np.asarray(value)
+                budget.admit(alias, array.shape, array_nbytes(array), of)
+        return plans
 
     @staticmethod
     def _fetches(signature: Signature, output_filter: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -207,7 +254,7 @@ class Handlers:
         tensors = inference.classification_tensors if classify else inference.regression_tensors
         input_tensor, outputs = tensors(signature, self._method_check)
         out_spec = response_spec(spec.name, spec.signature_name, servable.version)
-        examples = inference.serialized_examples(data)
+        examples = inference.serialized_examples(data, self._limits)
         self._count_examples(spec.name, len(examples))
         start = time.perf_counter()
         fetched = inference.run_examples(
@@ -229,7 +276,7 @@ class Handlers:
         self, servable: Servable, request: inference_pb2.MultiInferenceRequest
     ) -> inference_pb2.MultiInferenceResponse:
         plans = self._plan_tasks(servable, request.tasks)
-        examples = inference.serialized_examples(request.input)
+        examples = inference.serialized_examples(request.input, self._limits)
         inputs = [p[2] for p in plans]
         outputs = [o for p in plans for o in p[3]]
         fetched = inference.run_examples(servable, inputs, outputs, examples)

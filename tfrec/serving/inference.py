@@ -9,7 +9,9 @@ import numpy as np
 from google.protobuf import text_format
 from tensorflow_serving.apis import classification_pb2, input_pb2, regression_pb2
 
-from tfrec.base.errors import InvalidArgument
+from tfrec.base import codecs
+from tfrec.base.errors import InvalidArgument, from_tf_error
+from tfrec.serving.request import Limits
 from tfrec.serving.servable import Servable
 from tfrec.serving.signature import Signature
 
@@ -27,8 +29,6 @@ def _shape_string(array: np.ndarray) -> str:
 
 
 def _dtype_name(array: np.ndarray) -> str:
-    from tfrec.base import codecs
-
     return "DT_" + codecs.dtype_of_array(array).name.upper()
 
 
@@ -82,20 +82,26 @@ def regression_tensors(signature: Signature, method_check: bool) -> tuple[str, l
     return signature.inputs["inputs"], [signature.outputs["outputs"]]
 
 
-def serialized_examples(data: input_pb2.Input) -> np.ndarray:
-    """The 1-D string tensor of serialized tf.Examples (context prepended when present)."""
+def serialized_examples(data: input_pb2.Input, limits: Limits | None = None) -> np.ndarray:
+    """The 1-D string tensor of serialized tf.Examples (context prepended when present).
+
+    `limits` bound the count, and the bytes the context copies add, before any is built."""
     kind = data.WhichOneof("kind")
+    context = b""
     if kind == "example_list":
-        items = [e.SerializeToString() for e in data.example_list.examples]
+        examples = data.example_list.examples
     elif kind == "example_list_with_context":
+        examples = data.example_list_with_context.examples
         context = data.example_list_with_context.context.SerializeToString()
-        items = [context + e.SerializeToString() for e in data.example_list_with_context.examples]
     else:
-        items = []
-    if not items:
+        examples = []
+    if not examples:
         raise InvalidArgument("Input is empty.")
-    out = np.empty(len(items), dtype=object)
-    out[:] = items
+    if limits is not None:
+        each = codecs.POINTER_BYTES + codecs.BYTES_OVERHEAD + len(context)
+        limits.check_examples(len(examples), len(examples) * each)
+    out = np.empty(len(examples), dtype=object)
+    out[:] = [context + e.SerializeToString() for e in examples]
     return out
 
 
@@ -171,5 +177,8 @@ def run_examples(
     """Feeds the example tensor to every input tensor, fetches each output once."""
     fetches = sorted(set(outputs))
     feeds = dict.fromkeys(sorted(set(input_tensors)), examples)
-    values = servable.run(feeds, fetches, signature, deadline=deadline)
+    try:
+        values = servable.run(feeds, fetches, signature, deadline=deadline)
+    except UnicodeDecodeError as err:  # TensorFlow's message quotes the client's bytes
+        raise from_tf_error(err) from None
     return dict(zip(fetches, values, strict=True))
