@@ -225,6 +225,11 @@ class _Batch:
         if name not in self.inputs:
             raise InvalidArgument(f"JSON object: does not have named input: {name}")
         shape = _checked_shape(item)
+        if len(shape) >= _MAX_RANK:  # the items are stacked along one more dimension
+            raise InvalidArgument(
+                f"JSON Value: {debug_string(item)} has {len(shape)} dimensions; an item of "
+                f"'instances' has at most {_MAX_RANK - 1}"
+            )
         values = self.values.setdefault(name, [])
         start = len(values)
         _fill(item, 0, shape, self.inputs[name], values)
