@@ -35,6 +35,7 @@ from tfrec.base.affinity import name_os_thread
 from tfrec.base.errors import Code, ServingError
 from tfrec.base.metrics import Metrics
 from tfrec.protos.ssl_config_pb2 import SSLConfig
+from tfrec.runtime.stage import WAITING, Dropped
 from tfrec.serving.request import Request
 from tfrec.serving.service import Service
 
@@ -75,9 +76,16 @@ def _translated(name: str, method: Callable[..., Any], metrics: Metrics | None) 
         start = time.perf_counter()
         code = Code.OK
         try:
+            if counted:
+                remaining = context.time_remaining()
+                if remaining is not None and remaining <= 0:  # it waited for a worker too long
+                    raise Dropped("Deadline exceeded before the request was read", WAITING)
             return method(request, context)
         except ServingError as err:
             code = err.code
+            if counted and isinstance(err, Dropped):
+                assert metrics is not None
+                metrics.cancelled_work.labels(request.model_spec.name, err.stage).inc()
             context.abort(_status_code(err), grpc_message(err.message))
         except Exception as err:
             code = Code.INTERNAL
@@ -214,8 +222,13 @@ def build_server(
     channel_args: Sequence[tuple[str, int | str]] = (),
     metrics: Metrics | None = None,
     extra_servicers: Sequence[Callable[[grpc.Server], None]] = (),
+    max_queued: int = -1,
 ) -> grpc.Server:
-    """A gRPC server with both services registered; the caller adds ports and starts it."""
+    """A gRPC server with both services registered; the caller adds ports and starts it.
+
+    `max_queued` >= 0 bounds the calls waiting for one of the `max_threads` workers: gRPC
+    refuses the calls beyond with RESOURCE_EXHAUSTED ("Concurrent RPC limit exceeded!") before
+    reading them, so an overloaded server sheds instead of queueing without bound."""
     options = [
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -224,6 +237,7 @@ def build_server(
     server = grpc.server(
         LifoThreadPool(max_threads, thread_name_prefix="tfrec-grpc", initializer=name_os_thread),
         options=options,
+        maximum_concurrent_rpcs=max_threads + max_queued if max_queued >= 0 else None,
     )
     prediction = PredictionServicer(service, tensor_content)
     _install(prediction, _PREDICTION_SERVICE, metrics)

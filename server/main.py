@@ -211,6 +211,7 @@ class Server:
             tensor_content=s.enable_serialization_as_tensor_content,
             channel_args=channel_arguments(s.grpc_channel_arguments),
             metrics=self.metrics,
+            max_queued=s.queue_bound(s.grpc_max_threads),
         )
         if s.enable_grpc_healthcheck_service:
             self._health = health_servicer(server)

@@ -143,6 +143,20 @@ class Metrics:
             ["model_name", "signature", "result"],
             registry=r,
         )
+        self.cancelled_work = Counter(
+            n("/tfrec/cancelled_work"),
+            "Requests whose client deadline passed before or while they ran, by where their "
+            "work stopped: waiting (for a worker, in a batch queue, before the session run) "
+            "or running (TensorFlow cancelled the run at its timeout).",
+            ["model_name", "stage"],
+            registry=r,
+        )
+        self.overload_rejections = Counter(
+            n("/tfrec/overload_rejections"),
+            "Calls refused because --max_queued_requests calls already waited for a worker.",
+            ["transport"],
+            registry=r,
+        )
         self.model_versions = Gauge(
             n("/tfrec/model_versions_available"),
             "Model versions currently AVAILABLE, by model.",

@@ -147,6 +147,13 @@ class Settings:
             return self.tensorflow_session_parallelism, self.tensorflow_session_parallelism
         return self.tensorflow_intra_op_parallelism, self.tensorflow_inter_op_parallelism
 
+    def queue_bound(self, workers: int) -> int:
+        """Calls that may wait for one of `workers` busy workers (--max_queued_requests);
+        -1: no bound."""
+        if self.max_queued_requests < 0:
+            return -1
+        return self.max_queued_requests or 4 * max(1, workers)
+
     def session_group(self) -> bool:
         """Whether model versions load as SessionGroups (lanes) rather than plain sessions."""
         return (

@@ -52,7 +52,7 @@ from tfrec.base.errors import (
 )
 from tfrec.runtime.batch_options import SERVER_THREAD_POOL_NAME, BatchingOptions
 from tfrec.runtime.batch_queue import SharedBatchScheduler, _Queue, _Task
-from tfrec.runtime.stage import Key, Run, Stage
+from tfrec.runtime.stage import WAITING, Dropped, Key, Run, Stage
 
 if TYPE_CHECKING:
     from prometheus_client import Histogram
@@ -118,6 +118,8 @@ class BatchStage:
         task = _Task(dict(zip(names, run.args, strict=True)), fetches, size, deadline=run.deadline)
         self._scheduler.schedule(queue, task)  # may run the batch right here
         task.done.acquire()
+        if isinstance(task.error, Dropped):
+            raise Dropped(task.error.message, task.error.stage)
         if task.error is not None:
             raise ServingError(task.error.message, task.error.code)
         return task.outputs
@@ -162,6 +164,13 @@ class BatchStage:
         now = time.monotonic()
         for task in tasks:
             self._queuing.observe((now - task.enqueued) * 1e6)
+        late = [t for t in tasks if t.deadline is not None and t.deadline < now]
+        if late:  # their clients have gone: the batch runs without them
+            for task in late:
+                task.finish([], Dropped("Deadline exceeded while queued for a batch", WAITING))
+            tasks = [t for t in tasks if t.deadline is None or t.deadline >= now]
+            if not tasks:
+                return
         rows = sum(t.size for t in tasks)
         padded = _round_up(self._options.allowed_batch_sizes, rows) if rows else 0
         feeds, fetches = signature.key

@@ -45,14 +45,18 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
+from tensorflow.python.client import pywrap_tf_session as tf_session
 
 from tfrec.base.errors import from_tf_error
-from tfrec.runtime.stage import Key, Run, bucket_of, rows_of
+from tfrec.runtime.stage import RUNNING, Dropped, Key, Run, bucket_of, rows_of
 from tfrec.runtime.trial import Trial, sample_of
 
 log = logging.getLogger(__name__)
 
 POOLED, INLINE = 0, 1
+# Ops that make a graph loop: TensorFlow checks for cancellation between iterations, so only
+# such graphs stop when RunOptions.timeout_in_ms passes (straight graphs run to the end).
+LOOP_OPS = frozenset({"Enter", "LoopCond", "While", "StatelessWhile"})
 SAMPLES = 4  # calls kept per undecided bucket, for `settle`
 _MODE_NAMES = ("TensorFlow's inter-op pool", "the calling thread")
 
@@ -83,6 +87,10 @@ class Runner:
             self._fns.append(session._make_callable_from_options(options))
         if pool is not None:
             mode = POOLED
+        self._session = session
+        self._names = (list(feeds), list(fetches))
+        self._outputs: tuple[list[Any], list[Any]] | None = None  # TF_Outputs, for `timed`
+        self._pool = pool
         self._trials = trials
         self._trials_of: dict[int, Trial] = {}  # undecided bucket -> POOLED against INLINE
         self._modes: dict[int, int] = {}  # bucket -> the mode chosen
@@ -142,6 +150,47 @@ class Runner:
             if bucket not in self._modes and trial.record(mode, elapsed):
                 self._choose(bucket, trial)
         return result
+
+    def timed(
+        self,
+        args: Sequence[Any],
+        bucket: int,
+        timeout_ms: int,
+        names: tuple[Sequence[str], Sequence[str]] | None = None,
+    ) -> Any:
+        """A run that TensorFlow cancels after `timeout_ms` (DeadlineExceededError), in the
+        bucket's mode (the pool while on trial; no trial timing). Session callables fix their
+        RunOptions when made, so this goes through TF_SessionRun with options per call: the
+        executors are cached by (feeds, fetches), as for the callables. `names`: other feeds
+        and fetches of the same session (a scheduled copy of the graph)."""
+        options = config_pb2.RunOptions(timeout_in_ms=timeout_ms)
+        if self._pool is not None:
+            options.inter_op_thread_pool = self._pool
+        elif self.mode_of(bucket) == INLINE:
+            options.inter_op_thread_pool = -1
+        ins, outs = self._tf_outputs(names)
+        buffer = tf_session.TF_NewBufferFromString(options.SerializeToString())
+        try:
+            return tf_session.TF_SessionRun_wrapper(
+                self._session._session, buffer, dict(zip(ins, args, strict=True)), outs, [], None
+            )
+        finally:
+            tf_session.TF_DeleteBuffer(buffer)
+
+    def _tf_outputs(
+        self, names: tuple[Sequence[str], Sequence[str]] | None
+    ) -> tuple[list[Any], list[Any]]:
+        if names is None and self._outputs is not None:
+            return self._outputs
+        graph = self._session.graph
+        feeds, fetches = names or self._names
+        outputs = (
+            [graph.get_tensor_by_name(n)._as_tf_output() for n in feeds],
+            [graph.get_tensor_by_name(n)._as_tf_output() for n in fetches],
+        )
+        if names is None:
+            self._outputs = outputs
+        return outputs
 
     def _keep_sample(self, bucket: int, args: Sequence[Any]) -> None:
         samples = self._samples.setdefault(bucket, [])
@@ -218,9 +267,11 @@ class Runners:
         self._inline = inline
         self._tensor = tensor
         self._schedules = schedules
-        self._entries: dict[Key, tuple[Runner, Callable[..., Any]]] = {}
+        self._entries: dict[Key, tuple[Runner, Callable[..., Any], Callable[..., Any]]] = {}
         self._lock = threading.Lock()
         self._sampling = True
+        # Runs with a deadline go through `Runner.timed` only where a timeout can stop them.
+        self._loops = any(op.type in LOOP_OPS for op in session.graph.get_operations())
 
     def run(self, run: Run) -> list[np.ndarray]:
         entry = self._entries.get(run.key) or self._create(run.key, run.signature)
@@ -228,8 +279,15 @@ class Runners:
         try:
             if run.inline:
                 results = entry[0].inline(*run.args)
+            elif run.deadline is not None and self._loops:
+                results = entry[2](run.args, bucket_of(run.rows), run.timeout_ms())
             else:
                 results = entry[1](run.args, bucket_of(run.rows))
+        except tf.errors.DeadlineExceededError as err:
+            if run.deadline is None or time.monotonic() < run.deadline:
+                raise from_tf_error(err) from None  # the model's own, not our timeout
+            raise Dropped("Deadline exceeded while the model ran: TensorFlow cancelled the "
+                          "run", RUNNING) from None  # fmt: skip
         except tf.errors.OpError as err:
             raise from_tf_error(err) from None
         return [np.asarray(r) for r in results]
@@ -246,7 +304,9 @@ class Runners:
         with self._lock:
             return [(key, entry[0]) for key, entry in self._entries.items()]
 
-    def _create(self, key: Key, signature: str) -> tuple[Runner, Callable[..., Any]]:
+    def _create(
+        self, key: Key, signature: str
+    ) -> tuple[Runner, Callable[..., Any], Callable[..., Any]]:
         """The key's Runner (creating a callable optimises its graph and builds its executor;
         stateful graphs forbid running it ahead of a request)."""
         with self._lock:
@@ -267,10 +327,12 @@ class Runners:
             if not self._sampling:
                 runner.stop_sampling()
             call: Callable[..., Any] = runner.call
+            timed: Callable[..., Any] = runner.timed
             if self._schedules is not None:
-                call = self._schedules.runner(runner, key, signature or ",".join(key[1]),
-                                              self._pool).call  # fmt: skip
-            entry = self._entries[key] = (runner, call)
+                scheduled = self._schedules.runner(runner, key, signature or ",".join(key[1]),
+                                                   self._pool)  # fmt: skip
+                call, timed = scheduled.call, scheduled.timed
+            entry = self._entries[key] = (runner, call, timed)
             return entry
 
     def close(self) -> None:

@@ -61,7 +61,25 @@ class Run:
     def check_deadline(self) -> None:
         """Raises DEADLINE_EXCEEDED once the client has given up: its work is dropped."""
         if self.deadline is not None and time.monotonic() > self.deadline:
-            raise DeadlineExceeded("Deadline exceeded before the model ran")
+            raise Dropped("Deadline exceeded before the model ran", WAITING)
+
+    def timeout_ms(self) -> int | None:
+        """What is left of the deadline, for TensorFlow's RunOptions.timeout_in_ms (>= 1)."""
+        if self.deadline is None:
+            return None
+        return max(1, int((self.deadline - time.monotonic()) * 1e3))
+
+
+WAITING, RUNNING = "waiting", "running"
+
+
+class Dropped(DeadlineExceeded):
+    """Work stopped because its client's deadline passed: while it waited (`WAITING`: for a
+    worker, in a batch queue, before the session run) or in TensorFlow (`RUNNING`)."""
+
+    def __init__(self, message: str, stage: str) -> None:
+        super().__init__(message)
+        self.stage = stage
 
 
 class Stage(Protocol):

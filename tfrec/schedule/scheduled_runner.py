@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from tfrec.schedule.scheduled import OpScheduler
 
 log = logging.getLogger(__name__)
+_UNSCHEDULED = Decision("", 0, False, "")
 
 
 @dataclasses.dataclass
@@ -70,6 +71,20 @@ class ScheduledRunner:
         if state is not None and state.fn is not None:
             return state.fn(*args)
         return self._undecided(args, bucket)
+
+    def timed(self, args: Sequence[np.ndarray], bucket: int, timeout_ms: int) -> Any:
+        """A run TensorFlow cancels after `timeout_ms`, on the graph the bucket has chosen (the
+        unscheduled one while it is undecided)."""
+        state = self._buckets.get(bucket)
+        build = state.build if state is not None and state.fn is not None else None
+        if build is None or not self.decisions.get(bucket, _UNSCHEDULED).scheduled:
+            return self.baseline.timed(args, bucket, timeout_ms)
+        try:
+            return self.baseline.timed(args, bucket, timeout_ms, (build.feeds, build.fetches))
+        except tf.errors.DeadlineExceededError:
+            raise
+        except tf.errors.OpError:
+            return self.baseline.timed(args, bucket, timeout_ms)  # as `_guarded` does
 
     def _undecided(self, args: Sequence[np.ndarray], bucket: int) -> Any:
         with self._lock:
