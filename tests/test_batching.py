@@ -442,3 +442,18 @@ def test_bad_parameter_file_prints_one_line_and_exits_255(
     )
     assert missing == 255
     assert "Error: NOT_FOUND: " in capsys.readouterr().err
+
+
+def test_tasks_whose_deadline_passed_in_the_queue_are_dropped(batching_server) -> None:
+    """A task that waited in a batch queue past its client's deadline is not run; the others
+    in the batch are."""
+    running = batching_server(max_batch_size=64, batch_timeout_micros=300_000)
+    metric = running.server.metrics.cancelled_work.labels("default", "waiting")
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "default"
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([1.0], np.float32)))
+    late = running.predict.Predict.future(request, timeout=0.05)
+    patient = running.predict.Predict.future(request, timeout=30)
+    assert late.exception(timeout=30).code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert list(patient.result(timeout=30).outputs["y"].float_val) == [2.5]
+    wait_for(lambda: metric._value.get() == 1, timeout=5, what="the late task to be dropped")
