@@ -8,6 +8,8 @@ logged with its traceback and becomes INTERNAL. Message size limits are INT32_MA
 from __future__ import annotations
 
 import logging
+import ssl
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -197,11 +199,33 @@ def ssl_credentials(config_file: str) -> grpc.ServerCredentials:
             f"SSL config file {config_file} needs both server_key and server_cert",
             Code.INVALID_ARGUMENT,
         )
+    _check_pem(config_file, config.server_key, config.server_cert, config.custom_ca)
     return grpc.ssl_server_credentials(
         [(config.server_key.encode(), config.server_cert.encode())],
         root_certificates=config.custom_ca.encode() or None,
         require_client_auth=config.client_verify,
     )
+
+
+def _check_pem(config_file: str, key: str, cert: str, custom_ca: str) -> None:
+    """gRPC reports a bad key or certificate only as a port that cannot be bound: check the
+    PEM contents with OpenSSL first, for an error that says what is wrong."""
+    with tempfile.TemporaryDirectory() as tmp:
+        key_file, cert_file = Path(tmp, "key.pem"), Path(tmp, "cert.pem")
+        key_file.write_text(key)
+        cert_file.write_text(cert)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        for what, check in (
+            ("server_key and server_cert", lambda: context.load_cert_chain(cert_file, key_file)),
+            ("custom_ca", lambda: custom_ca and context.load_verify_locations(cadata=custom_ca)),
+        ):
+            try:
+                check()
+            except (ssl.SSLError, ValueError) as err:
+                raise ServingError(
+                    f"Invalid SSL config file {config_file}: its {what} are not valid PEM ({err})",
+                    Code.INVALID_ARGUMENT,
+                ) from None
 
 
 def health_servicer(server: grpc.Server) -> health.HealthServicer:

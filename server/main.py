@@ -217,9 +217,12 @@ class Server:
             self._health = health_servicer(server)
 
         def listen(address: str) -> int:
-            if credentials is None:
-                return server.add_insecure_port(address)
-            return server.add_secure_port(address, credentials)
+            try:
+                if credentials is None:
+                    return server.add_insecure_port(address)
+                return server.add_secure_port(address, credentials)
+            except RuntimeError as err:  # grpc: "Failed to bind to address ..."
+                raise StartupError(f"UNAVAILABLE: could not bind gRPC to {address}") from err
 
         if s.port:
             bound = listen(f"0.0.0.0:{s.port}")

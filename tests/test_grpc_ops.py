@@ -153,3 +153,11 @@ def test_bad_ssl_config_is_a_startup_error(serve, tmp_path: Path) -> None:
     path.write_text('server_key: "only a key"\n')
     with pytest.raises(StartupError, match="needs both server_key and server_cert"):
         serve(model_name="default", model_base_path=str(HALF_PLUS_TWO), ssl_config_file=str(path))
+
+
+def test_garbage_certificate_is_a_one_line_startup_error(serve, tmp_path: Path) -> None:
+    """gRPC only says it cannot bind the port (a traceback, before): the PEM is checked."""
+    path = tmp_path / "ssl.config"
+    path.write_text('server_key: "garbage"\nserver_cert: "garbage"\n')
+    with pytest.raises(StartupError, match="its server_key and server_cert are not valid PEM"):
+        serve(model_name="default", model_base_path=str(HALF_PLUS_TWO), ssl_config_file=str(path))
