@@ -132,3 +132,40 @@ def test_string_tensor_content_is_tensorflows_encoding() -> None:
 def test_str_arrays_encode_as_utf8_strings() -> None:
     proto = codecs.from_ndarray(np.array(["é", "b"]))
     assert proto.dtype == types_pb2.DT_STRING and list(proto.string_val) == ["é".encode(), b"b"]
+
+
+# ----------------------------------------------------------------------------- fuzz findings
+
+
+def _from_proto(proto: tensor_pb2.TensorProto) -> np.ndarray:
+    """TensorFlow's own Tensor::FromProto (the ParseTensor op)."""
+    dtype = tf.dtypes.as_dtype(proto.dtype)
+    return tf.io.parse_tensor(proto.SerializeToString(), dtype).numpy()
+
+
+@pytest.mark.parametrize(
+    "proto",
+    [
+        _proto(types_pb2.DT_STRING, [0], tensor_content=b"\x00"),
+        _proto(types_pb2.DT_FLOAT, [3, 0], tensor_content=b"\x00" * 7),
+        _proto(types_pb2.DT_INT32, [0, 2**40], tensor_content=b"junk"),
+    ],
+    ids=["string", "float", "int32-huge-dim"],
+)
+def test_empty_tensors_ignore_their_fields_as_fromproto(proto: tensor_pb2.TensorProto) -> None:
+    ours = codecs.to_ndarray(proto)
+    assert ours.shape == _from_proto(proto).shape
+    assert ours.size == 0
+
+
+def test_string_lengths_are_varint32_as_fromproto() -> None:
+    # GetVarint32: 5 bytes at most, bits past 32 dropped (1 + 2**32 reads as 1).
+    proto = _proto(types_pb2.DT_STRING, [1], tensor_content=b"\x81\x80\x80\x80\x10a")
+    assert _from_proto(proto).tolist() == [b"a"]
+    assert codecs.to_ndarray(proto).tolist() == [b"a"]
+    # A sixth byte: FromProto refuses it.
+    proto = _proto(types_pb2.DT_STRING, [1], tensor_content=b"\x81\x80\x80\x80\x80\x00a")
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        _from_proto(proto)
+    with pytest.raises(codecs.TensorParseError):
+        codecs.to_ndarray(proto)

@@ -145,7 +145,9 @@ def plan(proto: tensor_pb2.TensorProto) -> Plan:
     if not n and shape and math.prod(d for d in shape if d) > _NUMPY_MAX_BYTES // itemsize:
         raise UnsupportedShape(f"has shape {list(shape)}, which numpy cannot hold")
     content = proto.tensor_content
-    if dtype.is_string:
+    if not n:  # FromProto reads no field of an empty tensor
+        nbytes = 0
+    elif dtype.is_string:
         # tensor_content: n new objects; typed: the values kept (padding repeats the last).
         objects = n if content else min(len(getattr(proto, dtype.field)), n)
         nbytes = n * POINTER_BYTES + objects * BYTES_OVERHEAD + len(content)
@@ -162,13 +164,14 @@ def plan(proto: tensor_pb2.TensorProto) -> Plan:
 
 
 def _decode_string_list(content: bytes, n: int) -> np.ndarray:
-    """TF's port::DecodeStringList: n varint lengths, then the bytes back to back."""
+    """TF's port::DecodeStringList: n varint32 lengths (GetVarint32: at most 5 bytes, bits
+    past 32 dropped), then the bytes back to back."""
     lengths = []
     pos = 0
     for _ in range(n):
         value, shift = 0, 0
         while True:
-            if pos >= len(content) or shift > 63:
+            if pos >= len(content) or shift > 28:
                 raise TensorParseError("truncated string tensor_content")
             byte = content[pos]
             pos += 1
@@ -176,7 +179,7 @@ def _decode_string_list(content: bytes, n: int) -> np.ndarray:
             shift += 7
             if byte < 0x80:
                 break
-        lengths.append(value)
+        lengths.append(value & 0xFFFFFFFF)
     if pos + sum(lengths) != len(content):
         raise TensorParseError("string tensor_content size does not match its lengths")
     out = np.empty(n, dtype=object)
@@ -216,6 +219,8 @@ def decode(proto: tensor_pb2.TensorProto, planned: Plan) -> np.ndarray:
     dtype, shape, n, nbytes = planned
     if nbytes > MAX_TENSOR_BYTES:
         raise TensorParseError(f"shape {list(shape)} decodes to more than {MAX_TENSOR_BYTES} bytes")
+    if not n:
+        return np.empty(shape, dtype=dtype.numpy)
     content = proto.tensor_content
     if content:
         if dtype.is_string:
