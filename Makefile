@@ -7,7 +7,7 @@ MODELS ?= models
 PORT ?= 8500
 REST_PORT ?= 8501
 
-.PHONY: install serve demo-model test lint format bench bench-smoke generate clean
+.PHONY: install serve demo-model test lint format bench bench-smoke soak generate clean
 
 install: $(STAMP)
 
@@ -57,6 +57,12 @@ BENCH_SMOKE_OUT ?= $(or $(TMPDIR),/tmp)/tfrec-bench-smoke
 bench-smoke: $(STAMP)
 	$(PY) benchmarks/bench.py --scale tiny --models wdl,din,mmoe --n 50 100 --rounds 2 \
 		--seconds-per-case 0.3 --out $(BENCH_SMOKE_OUT) --no-readme
+
+# Soak and fault benchmark (issue 16, not in CI): a real server under mixed traffic, hot swaps,
+# config reloads and abandoned bursts for SOAK_MINUTES; exits non-zero on an unexpected failure.
+SOAK_MINUTES ?= 30
+soak: $(STAMP)
+	$(PY) benchmarks/soak.py --minutes $(SOAK_MINUTES)
 
 # Protos TF-Serving's pip package lacks (tfrec/protos/*.proto); the generated code is committed.
 generate: $(STAMP)
