@@ -125,12 +125,14 @@ def _shape_of(proto: tensor_shape_pb2.TensorShapeProto) -> tuple[int, ...]:
 
 class Plan(NamedTuple):
     """What decoding a TensorProto gives, read from its header: dtype, shape, element count,
-    and the bytes the decode allocates (padding included; strings at their object cost)."""
+    the bytes the decode allocates (padding included; strings at their object cost), and its
+    tensor_content (read once: each read of the field copies it)."""
 
     dtype: DType
     shape: tuple[int, ...]
     size: int
     nbytes: int
+    content: bytes
 
 
 def plan(proto: tensor_pb2.TensorProto) -> Plan:
@@ -160,7 +162,7 @@ def plan(proto: tensor_pb2.TensorProto) -> Plan:
     else:  # every typed value is read, extra ones too; complex values come in pairs
         values = len(getattr(proto, dtype.field))
         nbytes = max(n, values // 2 if dtype.numpy.kind == "c" else values) * itemsize
-    return Plan(dtype, shape, n, nbytes)
+    return Plan(dtype, shape, n, nbytes, content)
 
 
 def _decode_string_list(content: bytes, n: int) -> np.ndarray:
@@ -216,12 +218,11 @@ def decode(proto: tensor_pb2.TensorProto, planned: Plan) -> np.ndarray:
     Typed-field lists shorter than the shape are padded with their last value (zeros when
     empty); extra values are ignored. `tensor_content` must match the shape exactly.
     """
-    dtype, shape, n, nbytes = planned
+    dtype, shape, n, nbytes, content = planned
     if nbytes > MAX_TENSOR_BYTES:
         raise TensorParseError(f"shape {list(shape)} decodes to more than {MAX_TENSOR_BYTES} bytes")
     if not n:
         return np.empty(shape, dtype=dtype.numpy)
-    content = proto.tensor_content
     if content:
         if dtype.is_string:
             return _decode_string_list(content, n).reshape(shape)
