@@ -44,7 +44,7 @@ from benchmarks.arms import Budget, Case, Converted, convert, run_model  # noqa:
 from benchmarks.models import NAMES, export  # noqa: E402
 from benchmarks.plot import speedup_plot  # noqa: E402
 from benchmarks.servers import TfrecServer  # noqa: E402
-from server.main import tune_malloc  # noqa: E402
+from server.memory import tune_malloc  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 

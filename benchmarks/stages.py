@@ -40,7 +40,7 @@ from benchmarks import report, workloads  # noqa: E402
 from benchmarks.zoo_cache import zoo_model  # noqa: E402
 from server.assemble import load_options  # noqa: E402
 from server.flags import Settings  # noqa: E402
-from server.main import tune_malloc  # noqa: E402
+from server.memory import tune_malloc  # noqa: E402
 from tfrec.base import codecs  # noqa: E402
 from tfrec.base.metrics import Metrics  # noqa: E402
 from tfrec.runtime.stage import Run, Stage  # noqa: E402

@@ -13,11 +13,22 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import itertools
 import threading
 from collections.abc import Callable
 from typing import Any
 
 _Item = tuple[concurrent.futures.Future, Callable[..., Any], tuple, dict]
+
+# Calls submitted to every pool of the process: a number that changes while calls arrive (the
+# idle heap trim in `server.memory` watches it).
+_submitted = itertools.count()
+_last = [0]
+
+
+def calls_submitted() -> int:
+    """The number of calls submitted to any LifoThreadPool so far (approximately)."""
+    return _last[0]
 
 
 class LifoThreadPool(concurrent.futures.Executor):
@@ -39,6 +50,7 @@ class LifoThreadPool(concurrent.futures.Executor):
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         future: concurrent.futures.Future = concurrent.futures.Future()
         item = (future, fn, args, kwargs)
+        _last[0] = next(_submitted)
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new calls after shutdown")
@@ -98,16 +110,19 @@ class _Worker:
     def loop(self) -> None:
         if self._pool._initializer is not None:
             self._pool._initializer()
-        item = self._item
+        item, self._item = self._item, None
         while item is not None:
             future, done = _run(item)
             # Idle (or on the next call) before the caller hears back: its next call, sent as
             # soon as this one answers, finds this worker, not a new one.
             item, alive = self._pool._next(self)
             done(future)
+            # An idle worker holds nothing of its last call (a 128 MiB request and its answer
+            # stayed resident until the thread's next call, for every thread).
+            del future, done
             if item is None and alive:
                 self._ready.acquire()
-                item = self._item
+                item, self._item = self._item, None
 
 
 def _run(item: _Item) -> tuple[concurrent.futures.Future, Callable[[Any], None]]:
