@@ -143,12 +143,14 @@ class Server:
         from tfrec.serving.handlers import Handlers
         from tfrec.serving.loader import Loader
         from tfrec.serving.manager import Manager
+        from tfrec.serving.request import Limits
         from tfrec.serving.service import Service
 
         s = self.settings
         self.metrics = Metrics()
         self.prometheus_path = _prometheus_path(s.monitoring_config_file)
-        handlers = Handlers(method_check=s.enable_signature_method_name_check, metrics=self.metrics)
+        handlers = Handlers(method_check=s.enable_signature_method_name_check,
+                            metrics=self.metrics, limits=Limits.of(s))  # fmt: skip
         self.manager = Manager(
             Loader(load_options(s, self.metrics), handlers, self.metrics),
             max_load_retries=s.max_num_load_retries,

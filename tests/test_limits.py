@@ -354,9 +354,6 @@ def test_limits_read_the_flags() -> None:
         validate(Settings(model_base_path="/m", max_request_rows=-1))
 
 
-@pytest.mark.xfail(
-    strict=True, reason="server/main.py does not pass Limits.of(settings) to Handlers yet"
-)
 def test_limits_follow_the_flags_through_the_server(serve) -> None:  # type: ignore[no-untyped-def]
     running = serve(
         model_name="default",

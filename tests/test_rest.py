@@ -45,10 +45,11 @@ from tfrec.base.settings import Settings
 from tfrec_tools import demo_model
 
 TWO = "saved_model_half_plus_two_2_versions"
-SPECIAL_NAME = "modelname!#$%&'()*+,/:;=?@[]"
-SPECIAL_ENCODED = "modelname%21%23%24%25%26%27%28%29%2A%2B%2C%2F%3A%3B%3D%3F%40%5B%5D"
+# TF-Serving's test name less its `/` (tfrec refuses path separators in model names).
+SPECIAL_NAME = "modelname!#$%&'()*+,:;=?@[]"
+SPECIAL_ENCODED = "modelname%21%23%24%25%26%27%28%29%2A%2B%2C%3A%3B%3D%3F%40%5B%5D"
 # The same name with every character a path may carry raw left raw (`+` must stay `+`).
-SPECIAL_RAW = "modelname!%23$%25&'()*+,%2F%3A;=%3F@%5B%5D"
+SPECIAL_RAW = "modelname!%23$%25&'()*+,%3A;=%3F@%5B%5D"
 CORS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "POST, GET",
