@@ -81,13 +81,12 @@ def _translated(name: str, method: Callable[..., Any], metrics: Metrics | None) 
             if counted:
                 remaining = context.time_remaining()
                 if remaining is not None and remaining <= 0:  # it waited for a worker too long
+                    assert metrics is not None
+                    metrics.cancelled_work.labels(request.model_spec.name, WAITING).inc()
                     raise Dropped("Deadline exceeded before the request was read", WAITING)
             return method(request, context)
         except ServingError as err:
             code = err.code
-            if counted and isinstance(err, Dropped):
-                assert metrics is not None
-                metrics.cancelled_work.labels(request.model_spec.name, err.stage).inc()
             context.abort(_status_code(err), grpc_message(err.message))
         except Exception as err:
             code = Code.INTERNAL

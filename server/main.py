@@ -158,7 +158,7 @@ class Server:
             load_threads=s.num_load_threads,
             allow_labels_for_unavailable=s.allow_version_labels_for_unavailable_models,
         )
-        self.service = Service(self.manager, handlers)
+        self.service = Service(self.manager, handlers, self.metrics)
         if s.file_system_poll_wait_seconds < 0:
             log.warning("--file_system_poll_wait_seconds < 0: version directories are not polled")
         # Polling starts first: start-up may wait for a version directory to appear.

@@ -127,6 +127,7 @@ class RestServer:
         self._prometheus_path = prometheus_path
         self._timeout_s = settings.rest_api_timeout_in_ms / 1e3
         self._max_body = max(settings.rest_api_max_body_bytes, 0)
+        self._queue_bound = settings.queue_bound(settings.rest_api_num_threads)
         ms = settings.rest_api_timeout_in_ms
         self._late_body = json_codec.error_body(
             f"Deadline exceeded: the request did not complete within {ms} ms "
@@ -320,6 +321,14 @@ class RestServer:
         `body()` gives the request body (inflating it, on the worker, when it is gzip).
         """
         assert self._pool is not None
+        if 0 <= self._queue_bound <= self._pool.backlog():
+            self._metrics.overload_rejections.labels("REST").inc()
+            message = (
+                f"{self._queue_bound} requests already wait for a worker "
+                "(--max_queued_requests): the server is overloaded, retry later"
+            )
+            return Reply(Code.RESOURCE_EXHAUSTED, json_codec.error_body(message), route.model,
+                         route.method)  # fmt: skip
         loop = asyncio.get_running_loop()
         job = functools.partial(handle, self._service, route, body)
         if self._timeout_s <= 0:

@@ -69,6 +69,10 @@ class LifoThreadPool(concurrent.futures.Executor):
                 self._backlog.append(item)
         return future
 
+    def backlog(self) -> int:
+        """Calls waiting for a worker."""
+        return len(self._backlog)
+
     def _next(self, worker: _Worker) -> tuple[_Item | None, bool]:
         """After a call: the backlog's oldest call, else the worker goes idle (None, True), or
         it stops (None, False) once the pool is shut down."""

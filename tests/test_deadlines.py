@@ -74,7 +74,6 @@ def test_queued_requests_whose_clients_left_are_dropped(serve, loop_model) -> No
     assert time.perf_counter() - started < 1.0
 
 
-
 def test_rest_timeout_cancels_the_run(serve, loop_model) -> None:
     """A REST 504 at --rest_api_timeout_in_ms used to leave both cores busy: the run stops."""
     from tests.conftest import free_port
@@ -88,6 +87,7 @@ def test_rest_timeout_cancels_the_run(serve, loop_model) -> None:
     reply = http.post("/v1/models/loop:predict", body)
     assert reply.status == 504, reply.body
     assert cpu_idle_after(start, 2.0) < 0.5
+    wait_for(lambda: cancelled(running, "running") == 1, timeout=5, what="a cancelled run")
     body["inputs"]["steps"] = 200
     assert http.post("/v1/models/loop:predict", body).status == 200
 
@@ -103,3 +103,23 @@ def test_overload_is_shed_beyond_the_queue_bound(serve, loop_model) -> None:
     assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 5, codes
     assert codes.count(grpc.StatusCode.OK) >= 3, codes
     assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+def test_rest_overload_is_shed_with_429(serve, loop_model) -> None:
+    import concurrent.futures
+
+    from tests.conftest import free_port
+    from tests.test_rest import Http
+
+    running = serve(model_name="loop", model_base_path=str(loop_model), rest_api_port=free_port(),
+                    rest_api_num_threads=1, max_queued_requests=2)  # fmt: skip
+    http = Http(running.server.settings.rest_api_port)
+    body = {"inputs": {"x": np.ones((4, 64)).tolist(), "steps": 20_000}}
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        replies = list(pool.map(lambda _: http.post("/v1/models/loop:predict", body), range(10)))
+    statuses = [reply.status for reply in replies]
+    assert set(statuses) == {200, 429}, statuses
+    assert statuses.count(429) >= 5, statuses
+    shed = next(reply for reply in replies if reply.status == 429)
+    assert "--max_queued_requests" in shed.error
+    assert running.server.metrics.overload_rejections.labels("REST")._value.get() >= 5

@@ -153,7 +153,8 @@ class Metrics:
         )
         self.overload_rejections = Counter(
             n("/tfrec/overload_rejections"),
-            "Calls refused because --max_queued_requests calls already waited for a worker.",
+            "REST calls refused because --max_queued_requests calls already waited for a "
+            "worker (gRPC refuses its own inside grpcio, uncounted here).",
             ["transport"],
             registry=r,
         )

@@ -276,16 +276,17 @@ class Runners:
     def run(self, run: Run) -> list[np.ndarray]:
         entry = self._entries.get(run.key) or self._create(run.key, run.signature)
         run.check_deadline()
+        timed = not run.inline and run.deadline is not None and self._loops
         try:
             if run.inline:
                 results = entry[0].inline(*run.args)
-            elif run.deadline is not None and self._loops:
+            elif timed:
                 results = entry[2](run.args, bucket_of(run.rows), run.timeout_ms())
             else:
                 results = entry[1](run.args, bucket_of(run.rows))
         except tf.errors.DeadlineExceededError as err:
-            if run.deadline is None or time.monotonic() < run.deadline:
-                raise from_tf_error(err) from None  # the model's own, not our timeout
+            if not timed:
+                raise from_tf_error(err) from None  # the model's own
             raise Dropped("Deadline exceeded while the model ran: TensorFlow cancelled the "
                           "run", RUNNING) from None  # fmt: skip
         except tf.errors.OpError as err:

@@ -24,6 +24,8 @@ from tensorflow_serving.apis import (
 from tensorflow_serving.apis.model_pb2 import ModelSpec
 
 from tfrec.base.errors import InvalidArgument
+from tfrec.base.metrics import Metrics
+from tfrec.runtime.stage import Dropped
 from tfrec.serving.config import ModelServerConfig
 from tfrec.serving.handlers import Handlers, response_spec
 from tfrec.serving.manager import Manager
@@ -34,17 +36,26 @@ from tfrec.serving.servable import Servable
 class Service:
     """One instance per server, shared by every transport; thread-safe."""
 
-    def __init__(self, manager: Manager, handlers: Handlers) -> None:
+    def __init__(
+        self, manager: Manager, handlers: Handlers, metrics: Metrics | None = None
+    ) -> None:
         self.manager = manager
         self.handlers = handlers
+        self._metrics = metrics
 
     @contextmanager
     def lease(self, spec: ModelSpec | None) -> Iterator[Servable]:
-        """The version `spec` names, held for one request (REST reads its signature first)."""
+        """The version `spec` names, held for one request (REST reads its signature first);
+        work its deadline stopped is counted."""
         if spec is None:
             raise InvalidArgument("Missing ModelSpec")
         with self.manager.lease(spec) as servable:
-            yield servable
+            try:
+                yield servable
+            except Dropped as err:  # its deadline stopped the work: tfrec_cancelled_work
+                if self._metrics is not None:
+                    self._metrics.cancelled_work.labels(servable.name, err.stage).inc()
+                raise
 
     def predict(self, request: Request) -> tuple[ModelSpec, dict[str, np.ndarray]]:
         """Runs a Predict; returns the response ModelSpec and the outputs by alias."""
