@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench.py
 	$(PY) benchmarks/lanes.py
 	$(PY) benchmarks/scheduler.py
+	$(PY) benchmarks/overload.py
 
 # The bench pipeline at tiny scale in under a minute, on three models that cover the zoo's
 # input kinds (string lookups, a behaviour sequence, two outputs); outputs stay out of benchmarks/.

@@ -317,9 +317,10 @@ def table(r: dict[str, Any]) -> str:
             f"| burst at {b['t_s']:.0f} s: {b['requests']} x {b['timeout_ms']:.0f} ms deadline | "
             f"codes {b.get('codes')}, CPU idle {_num(b.get('idle_after_s'))} s after, probe "
             f"{_num(b.get('after_ms'))} ms vs baseline {_num(b.get('baseline_ms'))} ms "
-            f"({_num(b.get('after_over_baseline'))}x), {_num(b.get('after_idle_ms'))} ms once "
-            f"idle; server CPU {_num(b.get('server_cpu_s'))} s in {_num(b.get('burst_s'))} s of "
-            "burst |"
+            f"({_num(b.get('after_over_baseline'))}x) sent at once, "
+            f"{_num(b.get('after_idle_first_ms'))} ms first once idle (median of 10: "
+            f"{_num(b.get('after_idle_ms'))} ms); server CPU {_num(b.get('server_cpu_s'))} s "
+            f"in {_num(b.get('burst_s'))} s of burst |"
         )
     lines += ["", "| minute | accepted | p50 ms | p99 ms |", "|---|---|---|---|"]
     for minute, p in r["latency_by_minute"].items():

@@ -261,6 +261,7 @@ class Faults:
                 entry["burst_s"] = round(done - sent, 3)
                 entry["idle_after_s"] = None if idle[0] is None else round(idle[0], 3)
                 after = [self._probe_ms(client) for _ in range(10)]
+                entry["after_idle_first_ms"] = round(after[0], 3)  # the first once idle
                 entry["after_idle_ms"] = round(statistics.median(after), 3)
                 entry["after_idle_max_ms"] = round(max(after), 3)
                 entry["after_over_baseline"] = round(entry["after_ms"] / entry["baseline_ms"], 2)
