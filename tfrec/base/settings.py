@@ -129,8 +129,9 @@ class Settings:
         100 << 20, "REST request body bytes (after gzip inflation); 0: no limit"
     )
     max_queued_requests: int = flag(
-        0, "calls waiting for a gRPC or REST worker before new ones get RESOURCE_EXHAUSTED / "
-        "429; 0: 4 x the worker threads; negative: unbounded"
+        0,
+        "calls waiting for a gRPC or REST worker before new ones get RESOURCE_EXHAUSTED / "
+        "429; 0: 4 x the worker threads; negative: unbounded",
     )
 
     scheduler: str = flag(

@@ -34,7 +34,14 @@ from tfrec.base.errors import (
 )
 from tfrec.serving import config as config_lib
 from tfrec.serving.servable import Servable
-from tfrec.serving.versions import State, VersionStatus, _due_to, _Model, _Version, unloadable
+from tfrec.serving.versions import (
+    State,
+    VersionStatus,
+    _Model,
+    _Version,
+    unloadable,
+    wait_available,
+)
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +192,10 @@ class Manager:
             self.poll()
             if added:
                 noun = "servable(s)" if initial else "model(s)"
-                self._await_available(added, noun, deadline, abort)
+                stopped = (
+                    self._stop.is_set if abort is None else (lambda: self._stop.is_set() or abort())
+                )
+                wait_available(self._cond, self._models, added, noun, deadline, stopped)
         finally:
             self._config_lock.release()
 
@@ -244,48 +254,6 @@ class Manager:
         for model in removed:
             self._reconcile(model, {})
         return added
-
-    def _await_available(
-        self,
-        names: list[str],
-        noun: str,
-        deadline: float | None,
-        abort: Callable[[], bool] | None = None,
-    ) -> None:
-        """Waits like ServableStateMonitor for Latest(name): until each model's highest aspired
-        version is AVAILABLE (success) or END (failure). No version yet means keep waiting,
-        until `deadline` (time.monotonic()), `abort()` or the server stopping."""
-        last_log = time.monotonic()
-        with self._cond:
-            while True:
-                failed: list[tuple[str, _Version]] = []
-                pending = []
-                for name in names:
-                    aspired = [h for h in self._models[name].versions.values() if h.aspired]
-                    latest = max(aspired, key=lambda h: h.version, default=None)
-                    if latest is None or latest.state < State.AVAILABLE:
-                        pending.append(name)
-                    elif latest.state != State.AVAILABLE:
-                        failed.append((name, latest))
-                if not pending:
-                    break
-                if self._stop.is_set() or (abort is not None and abort()):
-                    raise ServingError("Stopped while waiting for models to load", Code.CANCELLED)
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise ServingError(
-                        f"Timed out waiting for models to become available: {pending}",
-                        Code.DEADLINE_EXCEEDED,
-                    )
-                if time.monotonic() - last_log > 10:
-                    log.info("Still waiting for models to become available: %s", pending)
-                    last_log = time.monotonic()
-                self._cond.wait(0.2)
-        if failed:
-            parts = "".join(
-                f"{{{{name: {name} version: {h.version}}}{_due_to(h.error)}}}, "
-                for name, h in failed
-            )
-            raise ServingError(f"{len(failed)} {noun} did not become available: {{{parts}}}")
 
     def model_names(self) -> list[str]:
         with self._cond:

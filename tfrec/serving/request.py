@@ -26,7 +26,7 @@ from tfrec.base import codecs
 from tfrec.base.errors import ResourceExhausted
 from tfrec.base.settings import Settings
 
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Settings)}
+_DEFAULTS = Settings()
 
 
 @dataclasses.dataclass(slots=True)
@@ -52,9 +52,9 @@ class Request:
 class Limits:
     """Per-request limits (the flags of the same names; 0: no limit)."""
 
-    max_request_bytes: int = _DEFAULTS["max_request_bytes"]
-    max_request_rows: int = _DEFAULTS["max_request_rows"]
-    max_structured_items: int = _DEFAULTS["max_structured_items"]
+    max_request_bytes: int = _DEFAULTS.max_request_bytes
+    max_request_rows: int = _DEFAULTS.max_request_rows
+    max_structured_items: int = _DEFAULTS.max_structured_items
 
     @classmethod
     def of(cls, settings: Settings) -> Limits:
