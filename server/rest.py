@@ -245,7 +245,7 @@ class RestServer:
         try:
             return await self._respond(request)
         except (ConnectionError, HttpProcessingError) as err:  # the client went away
-            log.info("REST %s %s: client disconnected (%s)", request.method, request.path, err)
+            log.info("REST %r %r: client disconnected (%s)", request.method, request.path, err)
             response = web.Response(status=400)
             response.force_close()
             return response  # aiohttp drops it quietly: the transport is gone

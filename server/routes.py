@@ -127,7 +127,7 @@ def handle(service: Service, route: Route, body: Body, deadline: float | None = 
         http = TooLarge.HTTP_STATUS if isinstance(err, TooLarge) else 0
         return Reply(err.code, json_codec.error_body(err.message), route.model, route.method, http)
     except Exception as err:
-        log.exception("REST %s %s failed", route.http_method, route.path)
+        log.exception("REST %r %r failed", route.http_method, route.path)
         message = f"{type(err).__name__}: {err}"
         return Reply(Code.INTERNAL, json_codec.error_body(message), route.model, route.method)
 
