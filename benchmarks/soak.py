@@ -318,7 +318,8 @@ def table(r: dict[str, Any]) -> str:
             f"codes {b.get('codes')}, CPU idle {_num(b.get('idle_after_s'))} s after, probe "
             f"{_num(b.get('after_ms'))} ms vs baseline {_num(b.get('baseline_ms'))} ms "
             f"({_num(b.get('after_over_baseline'))}x) sent at once, "
-            f"{_num(b.get('after_idle_first_ms'))} ms first once idle (median of 10: "
+            f"{_num(b.get('after_idle_first_ms'))} ms first once idle (first after the pause "
+            f"before the burst: {_num(b.get('baseline_first_ms'))} ms; median of 10: "
             f"{_num(b.get('after_idle_ms'))} ms); server CPU {_num(b.get('server_cpu_s'))} s "
             f"in {_num(b.get('burst_s'))} s of burst |"
         )
