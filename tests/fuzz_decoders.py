@@ -17,11 +17,10 @@ import atheris
 
 with atheris.instrument_imports(include=["tfrec.base.codecs", "server"]):
     from google.protobuf.message import DecodeError
+    from rest_decode import decode_rest  # this directory: the script's sys.path[0]
     from tensorflow.core.framework import tensor_pb2, types_pb2
 
-    from server import json_codec
     from tfrec.base import codecs
-    from tfrec.base.errors import ServingError
 
 DECODE_BOUND = 1 << 20
 _DTYPES = [types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE, types_pb2.DT_INT32, types_pb2.DT_INT64,
@@ -47,15 +46,7 @@ def rest_body(selector: int, data: bytes) -> None:
     first = _DTYPES[selector % len(_DTYPES)]
     second = _DTYPES[(selector // len(_DTYPES)) % len(_DTYPES)]
     inputs = {"x": first} if selector % 2 else {"x": first, "y": second}
-    try:
-        doc = json_codec.parse_body(data)
-        if selector % 3:
-            json_codec.predict_signature_name(doc)
-            json_codec.predict_inputs(doc, inputs)
-        else:
-            json_codec.classify_regress_request(doc)
-    except ServingError:
-        pass
+    decode_rest(data, inputs, predict=bool(selector % 3))
 
 
 def one_input(data: bytes) -> None:

@@ -22,7 +22,7 @@ from hypothesis.extra import numpy as hnp
 from tensorflow.core.framework import types_pb2
 
 from server import json_codec
-from tfrec.base.errors import ServingError
+from tests.rest_decode import decode_rest
 
 FUZZ = settings(
     max_examples=300,
@@ -57,19 +57,6 @@ def dumps(value: Any) -> bytes:
     return json.dumps(value, allow_nan=True).encode()
 
 
-def decode(body: bytes, inputs: dict[str, int], endpoint: str) -> None:
-    """One REST request body through the codec; only ServingError may escape."""
-    try:
-        doc = json_codec.parse_body(body)
-        if endpoint == "predict":
-            json_codec.predict_signature_name(doc)
-            json_codec.predict_inputs(doc, inputs)
-        else:
-            json_codec.classify_regress_request(doc)
-    except ServingError:
-        pass
-
-
 ENDPOINTS = st.sampled_from(["predict", "classify"])
 INPUT_MAPS = st.dictionaries(
     st.sampled_from(["x", "y", "inputs"]), st.sampled_from(ANY_DTYPES), min_size=0, max_size=3
@@ -79,7 +66,7 @@ INPUT_MAPS = st.dictionaries(
 @FUZZ
 @given(st.binary(max_size=200), INPUT_MAPS, ENDPOINTS)
 def test_random_bytes(body: bytes, inputs: dict[str, int], endpoint: str) -> None:
-    decode(body, inputs, endpoint)
+    decode_rest(body, inputs, endpoint == "predict")
 
 
 @st.composite
@@ -91,7 +78,7 @@ def documents(draw: st.DrawFn) -> dict[str, Any]:
 @FUZZ
 @given(documents(), INPUT_MAPS, ENDPOINTS)
 def test_random_documents(doc: dict[str, Any], inputs: dict[str, int], endpoint: str) -> None:
-    decode(dumps(doc), inputs, endpoint)
+    decode_rest(dumps(doc), inputs, endpoint == "predict")
 
 
 @FUZZ
@@ -102,7 +89,7 @@ def test_documents_with_a_byte_changed(
 ) -> None:
     body = dumps(doc)
     at %= len(body) + 1
-    decode(body[:at] + junk + body[at + 1 :], inputs, endpoint)
+    decode_rest(body[:at] + junk + body[at + 1 :], inputs, endpoint == "predict")
 
 
 # ----------------------------------------------------------------------------- vs TensorFlow

@@ -89,7 +89,8 @@ class Runner:
             mode = POOLED
         self._session = session
         self._names = (list(feeds), list(fetches))
-        self._outputs: tuple[list[Any], list[Any]] | None = None  # TF_Outputs, for `timed`
+        # TF_Outputs by (feeds, fetches) names (None: this Runner's), for `timed`
+        self._outputs: dict[Any, tuple[list[Any], list[Any]]] = {}
         self._pool = pool
         self._trials = trials
         self._trials_of: dict[int, Trial] = {}  # undecided bucket -> POOLED against INLINE
@@ -180,16 +181,17 @@ class Runner:
     def _tf_outputs(
         self, names: tuple[Sequence[str], Sequence[str]] | None
     ) -> tuple[list[Any], list[Any]]:
-        if names is None and self._outputs is not None:
-            return self._outputs
-        graph = self._session.graph
-        feeds, fetches = names or self._names
-        outputs = (
-            [graph.get_tensor_by_name(n)._as_tf_output() for n in feeds],
-            [graph.get_tensor_by_name(n)._as_tf_output() for n in fetches],
-        )
-        if names is None:
-            self._outputs = outputs
+        """The TF_Outputs of `names` (default: this Runner's feeds and fetches), looked up once
+        per set of names."""
+        key = (tuple(names[0]), tuple(names[1])) if names is not None else None
+        outputs = self._outputs.get(key)
+        if outputs is None:
+            graph = self._session.graph
+            feeds, fetches = names or self._names
+            outputs = self._outputs[key] = (
+                [graph.get_tensor_by_name(n)._as_tf_output() for n in feeds],
+                [graph.get_tensor_by_name(n)._as_tf_output() for n in fetches],
+            )
         return outputs
 
     def _keep_sample(self, bucket: int, args: Sequence[Any]) -> None:

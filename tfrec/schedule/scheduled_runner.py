@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from tfrec.schedule.scheduled import OpScheduler
 
 log = logging.getLogger(__name__)
-_UNSCHEDULED = Decision("", 0, False, "")
 
 
 @dataclasses.dataclass
@@ -75,9 +74,9 @@ class ScheduledRunner:
     def timed(self, args: Sequence[np.ndarray], bucket: int, timeout_ms: int) -> Any:
         """A run TensorFlow cancels after `timeout_ms`, on the graph the bucket has chosen (the
         unscheduled one while it is undecided)."""
-        state = self._buckets.get(bucket)
-        build = state.build if state is not None and state.fn is not None else None
-        if build is None or not self.decisions.get(bucket, _UNSCHEDULED).scheduled:
+        state, decision = self._buckets.get(bucket), self.decisions.get(bucket)
+        build = state.build if state is not None else None
+        if build is None or decision is None or not decision.scheduled:
             return self.baseline.timed(args, bucket, timeout_ms)
         try:
             return self.baseline.timed(args, bucket, timeout_ms, (build.feeds, build.fetches))
